@@ -1,0 +1,184 @@
+"""Backend registry and selection.
+
+Backends are loaded lazily, on first use, so ``import fastpool`` imports neither numba nor a
+GPU library and compiles nothing. ``backend=None`` resolves, in order: the innermost
+:func:`use_backend`, then :func:`set_backend`, then ``$FASTPOOL_BACKEND``, then automatic
+(``cuda`` for GPU arrays, else the first usable name of :data:`AUTO_CPU_ORDER`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import importlib
+import os
+import threading
+from collections.abc import Iterator
+
+from ._host import HostBackend
+
+#: name -> module implementing it
+BACKEND_MODULES = {
+    "numpy": "fastpool._numpy",
+    "numba": "fastpool._numba",
+    "cython": "fastpool._cython",
+    "cuda": "fastpool._cuda",
+}
+#: Automatic choice for host arrays, fastest first (see the benchmark table in the README).
+AUTO_CPU_ORDER = ("cython", "numba", "numpy")
+#: Order of :func:`available_backends`: compiled CPU backends, then the GPU, then the reference.
+LISTING_ORDER = ("cython", "numba", "cuda", "numpy")
+ENV_VAR = "FASTPOOL_BACKEND"
+
+
+class BackendError(ValueError):
+    """An unknown backend, or one that cannot be used on this machine."""
+
+
+class BackendUnavailable(ImportError):
+    """Raised by a backend module at import time when it cannot run here (with the reason)."""
+
+
+_lock = threading.Lock()
+_loaded: dict[str, object] = {}
+_failed: dict[str, str] = {}
+_default: str | None = None
+_context: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "fastpool_backend", default=None
+)
+
+
+def _load(name: str):
+    """Import a backend once; return its backend object or None (reason in ``_failed``)."""
+    with _lock:
+        if name in _loaded:
+            return _loaded[name]
+        if name in _failed:
+            return None
+        try:
+            module = importlib.import_module(BACKEND_MODULES[name])
+            backend = getattr(module, "BACKEND", None) or HostBackend(name, module)
+        except Exception as exc:  # any import failure makes the backend unusable, not fastpool
+            _failed[name] = _reason(exc)
+            return None
+        _loaded[name] = backend
+        return backend
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, ModuleNotFoundError) and exc.name and not exc.name.startswith("fastpool"):
+        return f"{exc.name} is not installed"
+    if isinstance(exc, ModuleNotFoundError) and exc.name and exc.name.startswith("fastpool._cy"):
+        return "the Cython extension is not compiled (reinstall with `pip install .`)"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def backend_status() -> dict[str, tuple[bool, str]]:
+    """``{name: (usable, reason)}`` for every known backend (imports each one)."""
+    status = {}
+    for name in LISTING_ORDER:
+        ok = _load(name) is not None
+        status[name] = (ok, "usable" if ok else _failed[name])
+    return status
+
+
+def available_backends() -> tuple[str, ...]:
+    """Names of the backends usable here, best first.
+
+    Examples
+    --------
+    >>> import fastpool
+    >>> "numpy" in fastpool.available_backends()
+    True
+    """
+    return tuple(name for name in LISTING_ORDER if _load(name) is not None)
+
+
+def get(name: str):
+    """The backend object for ``name``; :class:`BackendError` if unknown or unusable."""
+    if not isinstance(name, str) or name not in BACKEND_MODULES:
+        raise BackendError(
+            f"unknown backend {name!r}; fastpool has {', '.join(BACKEND_MODULES)} "
+            f"(usable here: {', '.join(available_backends())})"
+        )
+    backend = _load(name)
+    if backend is None:
+        raise BackendError(
+            f"backend {name!r} is not usable here: {_failed[name]} "
+            f"(usable here: {', '.join(available_backends())})"
+        )
+    return backend
+
+
+def _requested() -> str | None:
+    return _context.get() or _default or os.environ.get(ENV_VAR) or None
+
+
+def resolve(backend: str | None, *, device: bool = False):
+    """The backend object a call with ``backend=...`` uses for a host or device input."""
+    name = backend or _requested()
+    if name is not None:
+        return get(name)
+    if device:
+        return get("cuda")
+    return get(_auto_cpu())
+
+
+def _auto_cpu() -> str:
+    for name in AUTO_CPU_ORDER:
+        if _load(name) is not None:
+            return name
+    raise AssertionError("the numpy backend is always usable")  # pragma: no cover
+
+
+def get_backend() -> str:
+    """The name ``backend=None`` resolves to right now (for a host array).
+
+    Examples
+    --------
+    >>> import fastpool
+    >>> with fastpool.use_backend("numpy"):
+    ...     fastpool.get_backend()
+    'numpy'
+    """
+    name = _requested()
+    if name is not None:
+        get(name)
+        return name
+    return _auto_cpu()
+
+
+def set_backend(name: str | None) -> None:
+    """Set the process-wide default backend (``None`` restores automatic choice).
+
+    Examples
+    --------
+    >>> import fastpool
+    >>> fastpool.set_backend("numpy")
+    >>> fastpool.get_backend()
+    'numpy'
+    >>> fastpool.set_backend(None)
+    """
+    global _default
+    if name is not None:
+        get(name)
+    _default = name
+
+
+@contextlib.contextmanager
+def use_backend(name: str) -> Iterator[str]:
+    """Use backend ``name`` inside a ``with`` block (scoped to the current thread/task).
+
+    Examples
+    --------
+    >>> import numpy as np, fastpool
+    >>> with fastpool.use_backend("numpy"):
+    ...     fastpool.adaptive_avg_pool1d(np.arange(4.0).reshape(1, 4), 2)
+    array([[0.5, 2.5]])
+    """
+    get(name)
+    token = _context.set(name)
+    try:
+        yield name
+    finally:
+        _context.reset(token)

@@ -1,0 +1,91 @@
+"""Run a CPU backend's kernels: allocation, ``out=``, float16 and empty cases, in one place.
+
+A CPU backend module only defines four kernels over 5-D arrays ``(N, C, D, H, W)`` of any
+strides and the dtypes it handles natively::
+
+    avg_forward(x, out)                        max_forward(x, out, indices)
+    avg_backward(grad_output, grad_input)      max_backward(grad_output, indices, grad_input)
+
+Kernels write every element of their outputs and never see empty arrays. Everything else
+(validation, allocation, ``out=``, float16 through float32) happens here, before they run.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import _validate as v
+
+_F32 = np.dtype(np.float32)
+
+
+class HostBackend:
+    """Adapts a module of CPU kernels to the interface the public functions call."""
+
+    accepts_device = False
+
+    def __init__(self, name: str, module) -> None:
+        self.name = name
+        self.module = module
+        self.native_dtypes = tuple(np.dtype(d) for d in module.NATIVE_DTYPES)
+
+    def __repr__(self) -> str:
+        return f"<fastpool backend {self.name!r}>"
+
+    def _native(self, dtype: np.dtype) -> bool:
+        return dtype in self.native_dtypes
+
+    def forward(self, kind: str, x, plan: v.Plan, out_values=None, out_indices=None):
+        x = v.as_host_array(x, "x")
+        values = _output(out_values, plan.out_shape, plan.dtype, "out")
+        indices = None
+        if kind == "max":
+            indices = _output(out_indices, plan.out_shape, np.int64, "out[1] (indices)")
+        v.check_no_overlap(
+            [("out", out_values), ("out[1] (indices)", out_indices)], [("x", x)]
+        )
+        if plan.empty:
+            return values, indices
+        x5, v5 = plan.view5(x), plan.view5(values)
+        i5 = plan.view5(indices) if indices is not None else None
+        args = (i5,) if kind == "max" else ()
+        kernel = getattr(self.module, f"{kind}_forward")
+        if self._native(plan.dtype):
+            kernel(x5, v5, *args)
+        else:  # float16: exact upcast, float32 accumulation, one rounding at the end
+            tmp = np.empty(plan.out5, dtype=_F32)
+            kernel(x5.astype(_F32), tmp, *args)
+            v5[...] = tmp
+        return values, indices
+
+    def backward(self, kind: str, grad_output, indices, plan: v.Plan, out=None):
+        grad_output = v.as_host_array(grad_output, "grad_output")
+        inputs = [("grad_output", grad_output)]
+        if kind == "max":
+            indices = v.as_host_array(indices, "indices")
+            v.check_index_bounds(indices, plan.plane)
+            indices = indices.astype(np.int64, copy=False)
+            inputs.append(("indices", indices))
+        grad_input = _output(out, plan.in_shape, plan.dtype, "out")
+        v.check_no_overlap([("out", out)], inputs)
+        if plan.in5[0] == 0:
+            return grad_input
+        if plan.empty:  # no output cell covers anything
+            grad_input[...] = 0
+            return grad_input
+        g5, gi5 = plan.view5(grad_output), plan.view5(grad_input)
+        args = (plan.view5(indices),) if kind == "max" else ()
+        kernel = getattr(self.module, f"{kind}_backward")
+        if self._native(plan.dtype):
+            kernel(g5, *args, gi5)
+        else:
+            tmp = np.empty(plan.in5, dtype=_F32)
+            kernel(g5.astype(_F32), *args, tmp)
+            gi5[...] = tmp
+        return grad_input
+
+
+def _output(out, shape, dtype, name):
+    if out is None:
+        return np.empty(shape, dtype=dtype)
+    return v.check_out(out, shape, dtype, name)

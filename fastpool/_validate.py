@@ -1,0 +1,310 @@
+"""The one validation layer every backend shares.
+
+Public functions call :func:`forward_plan` / :func:`backward_plan` before any kernel runs. A
+:class:`Plan` holds the normalised shapes; kernels then only see 5-D arrays ``(N, C, D, H, W)``
+(1d and 2d get size-1 spatial axes), so each backend has one kernel per operation.
+"""
+
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass
+
+import numpy as np
+
+SUPPORTED_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
+DATA_FORMATS = ("channels_first", "channels_last")
+_SPATIAL_NAMES = {1: ("L",), 2: ("H", "W"), 3: ("D", "H", "W")}
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Normalised description of one call.
+
+    ``in_shape``/``out_shape`` are the user-facing shapes (batched or not, channels first or
+    last); ``in5``/``out5`` are the canonical ``(N, C, D, H, W)`` shapes the kernels see.
+    """
+
+    dims: int
+    batched: bool
+    channels_last: bool
+    dtype: np.dtype
+    in_shape: tuple[int, ...]
+    out_shape: tuple[int, ...]
+    in5: tuple[int, int, int, int, int]
+    out5: tuple[int, int, int, int, int]
+
+    @property
+    def empty(self) -> bool:
+        """True when there is nothing to compute (N == 0 or an output size of 0)."""
+        return 0 in self.out5
+
+    @property
+    def plane(self) -> int:
+        """Number of elements in one input plane/volume: the bound for max indices."""
+        return self.in5[2] * self.in5[3] * self.in5[4]
+
+    def view5(self, a):
+        """View a user-facing host array (input- or output-shaped) as ``(N, C, D, H, W)``."""
+        if not self.batched:
+            a = a[np.newaxis]
+        if self.channels_last:
+            a = np.moveaxis(a, -1, 1)
+        return a[(slice(None), slice(None)) + (np.newaxis,) * (3 - self.dims)]
+
+
+# ---------------------------------------------------------------------------- helpers
+
+
+def is_device_array(x) -> bool:
+    """True for arrays living on a GPU (CUDA array interface, or a numba device array)."""
+    if hasattr(x, "__cuda_array_interface__"):
+        return True
+    mod = type(x).__module__ or ""
+    return mod.startswith("numba") and hasattr(x, "copy_to_host")
+
+
+def array_meta(x, name: str) -> tuple[tuple[int, ...], np.dtype]:
+    """Shape and dtype of a host or device array, without copying it."""
+    cai = getattr(x, "__cuda_array_interface__", None)
+    if cai is not None:
+        return tuple(int(s) for s in cai["shape"]), np.dtype(cai["typestr"])
+    try:
+        return tuple(int(s) for s in x.shape), np.dtype(x.dtype)
+    except (AttributeError, TypeError) as exc:  # pragma: no cover - defensive
+        raise TypeError(f"{name} must be an array; got {type(x).__name__}") from exc
+
+
+def as_host_array(x, name: str) -> np.ndarray:
+    """Turn ``x`` into an ndarray (no copy for ndarrays), rejecting what cannot be one."""
+    if isinstance(x, np.ndarray):
+        return x
+    if x is None or isinstance(x, (str, bytes, dict, set)):
+        raise TypeError(f"{name} must be an array; got {type(x).__name__}")
+    try:
+        return np.asarray(x)
+    except Exception as exc:
+        raise TypeError(f"{name} must be an array; got {type(x).__name__}: {exc}") from exc
+
+
+def check_dtype(dtype: np.dtype, name: str) -> np.dtype:
+    dtype = np.dtype(dtype)
+    if dtype not in SUPPORTED_DTYPES:
+        raise TypeError(
+            f"{name} must have dtype float16, float32 or float64 (native byte order); "
+            f"got {dtype}"
+        )
+    return dtype
+
+
+def check_data_format(data_format: str) -> bool:
+    """Return True for channels-last."""
+    if data_format not in DATA_FORMATS:
+        raise ValueError(
+            f"data_format must be 'channels_first' or 'channels_last'; got {data_format!r}"
+        )
+    return data_format == "channels_last"
+
+
+def _describe_layout(dims: int, batched: bool, channels_last: bool) -> str:
+    axes = list(_SPATIAL_NAMES[dims])
+    axes = axes + ["C"] if channels_last else ["C"] + axes
+    if batched:
+        axes = ["N"] + axes
+    return "(" + ", ".join(axes) + ")"
+
+
+def _expected_ndims(dims: int, channels_last: bool) -> str:
+    return (
+        f"{_describe_layout(dims, False, channels_last)} or "
+        f"{_describe_layout(dims, True, channels_last)}"
+    )
+
+
+def normalize_output_size(output_size, dims: int, in_spatial: tuple[int, ...]) -> tuple[int, ...]:
+    """Resolve ``output_size`` to a tuple of ``dims`` non-negative ints (None -> input size)."""
+    if isinstance(output_size, (list, tuple)):
+        entries = tuple(output_size)
+        if len(entries) != dims:
+            raise ValueError(
+                f"output_size must be an int or a tuple of {dims} entries for "
+                f"{dims}d pooling; got {output_size!r} ({len(entries)} entries)"
+            )
+    elif output_size is None:
+        entries = (None,) * dims
+    else:
+        entries = (output_size,) * dims
+    result = []
+    for entry, size in zip(entries, in_spatial):
+        if entry is None:
+            result.append(int(size))
+            continue
+        if isinstance(entry, (bool, np.bool_)) or not _is_integer(entry):
+            raise TypeError(
+                f"output_size entries must be non-negative ints or None; got {entry!r} "
+                f"({type(entry).__name__}) in {output_size!r}"
+            )
+        value = operator.index(entry)
+        if value < 0:
+            raise ValueError(
+                f"output_size entries must be non-negative; got {value} in {output_size!r}"
+            )
+        result.append(value)
+    return tuple(result)
+
+
+def _is_integer(v) -> bool:
+    try:
+        operator.index(v)
+    except TypeError:
+        return False
+    return True
+
+
+def _split_shape(shape, dims, channels_last, name, expected):
+    ndim = len(shape)
+    if ndim not in (dims + 1, dims + 2):
+        raise ValueError(f"{name} must be {expected} for {dims}d pooling; got shape {shape}")
+    batched = ndim == dims + 2
+    n = shape[0] if batched else 1
+    rest = shape[1:] if batched else shape
+    if channels_last:
+        c, spatial = rest[-1], tuple(rest[:-1])
+    else:
+        c, spatial = rest[0], tuple(rest[1:])
+    return batched, n, c, spatial
+
+
+def _check_nonempty(shape, c, spatial, name, dims, batched, channels_last):
+    if c == 0 or 0 in spatial:
+        raise ValueError(
+            f"{name} must have non-empty channel and spatial axes "
+            f"{_describe_layout(dims, batched, channels_last)} (only N may be 0); got shape {shape}"
+        )
+
+
+def _pad3(spatial: tuple[int, ...]) -> tuple[int, int, int]:
+    return (1,) * (3 - len(spatial)) + tuple(spatial)
+
+
+def _user_shape(n, c, spatial, batched, channels_last):
+    body = tuple(spatial) + (c,) if channels_last else (c,) + tuple(spatial)
+    return ((n,) if batched else ()) + body
+
+
+# ---------------------------------------------------------------------------- plans
+
+
+def forward_plan(x_shape, x_dtype, output_size, dims: int, channels_last: bool) -> Plan:
+    """Validate a forward call's input and output size; return its plan."""
+    dtype = check_dtype(x_dtype, "x")
+    expected = _expected_ndims(dims, channels_last)
+    batched, n, c, spatial = _split_shape(tuple(x_shape), dims, channels_last, "x", expected)
+    _check_nonempty(tuple(x_shape), c, spatial, "x", dims, batched, channels_last)
+    osize = normalize_output_size(output_size, dims, spatial)
+    return Plan(
+        dims=dims,
+        batched=batched,
+        channels_last=channels_last,
+        dtype=dtype,
+        in_shape=tuple(x_shape),
+        out_shape=_user_shape(n, c, osize, batched, channels_last),
+        in5=(n, c) + _pad3(spatial),
+        out5=(n, c) + _pad3(osize),
+    )
+
+
+def normalize_input_shape(input_shape, dims: int) -> tuple[int, ...]:
+    if isinstance(input_shape, (str, bytes)) or not hasattr(input_shape, "__iter__"):
+        raise TypeError(
+            f"input_shape must be a tuple of ints (the forward input's shape); "
+            f"got {input_shape!r}"
+        )
+    entries = tuple(input_shape)
+    out = []
+    for entry in entries:
+        if isinstance(entry, (bool, np.bool_)) or not _is_integer(entry):
+            raise TypeError(f"input_shape must contain ints; got {input_shape!r}")
+        value = operator.index(entry)
+        if value < 0:
+            raise ValueError(f"input_shape must contain non-negative ints; got {input_shape!r}")
+        out.append(value)
+    return tuple(out)
+
+
+def backward_plan(grad_shape, grad_dtype, input_shape, dims: int, channels_last: bool) -> Plan:
+    """Validate a backward call's ``grad_output`` against ``input_shape``; return its plan."""
+    dtype = check_dtype(grad_dtype, "grad_output")
+    input_shape = normalize_input_shape(input_shape, dims)
+    grad_shape = tuple(grad_shape)
+    expected = _expected_ndims(dims, channels_last)
+    batched, n, c, spatial = _split_shape(input_shape, dims, channels_last, "input_shape", expected)
+    _check_nonempty(input_shape, c, spatial, "input_shape", dims, batched, channels_last)
+    if len(grad_shape) != len(input_shape):
+        raise ValueError(
+            f"grad_output must have as many axes as input_shape {input_shape} "
+            f"({len(input_shape)}); got shape {grad_shape}"
+        )
+    g_batched, gn, gc, gspatial = _split_shape(grad_shape, dims, channels_last, "grad_output", expected)
+    if (gn, gc) != (n, c):
+        raise ValueError(
+            f"grad_output must have the batch and channel sizes of input_shape {input_shape} "
+            f"(N={n}, C={c}); got shape {grad_shape}"
+        )
+    return Plan(
+        dims=dims,
+        batched=batched,
+        channels_last=channels_last,
+        dtype=dtype,
+        in_shape=input_shape,
+        out_shape=grad_shape,
+        in5=(n, c) + _pad3(spatial),
+        out5=(n, c) + _pad3(gspatial),
+    )
+
+
+def check_indices_meta(indices, grad_shape, name: str = "indices") -> None:
+    """Shape and dtype checks for max-backward indices (bounds are checked separately)."""
+    shape, dtype = array_meta(indices, name)
+    if dtype.kind not in "iu":
+        raise TypeError(f"{name} must be an integer array (int64); got dtype {dtype}")
+    if shape != tuple(grad_shape):
+        raise ValueError(
+            f"{name} must have the shape of grad_output {tuple(grad_shape)}; got shape {shape}"
+        )
+
+
+def check_index_bounds(indices: np.ndarray, plane: int, name: str = "indices") -> None:
+    """Every index must address the input plane: ``0 <= index < plane``."""
+    if indices.size == 0:
+        return
+    lo, hi = int(indices.min()), int(indices.max())
+    if lo < 0 or hi >= plane:
+        bad = lo if lo < 0 else hi
+        raise ValueError(
+            f"{name} must lie in [0, {plane}) (flat positions in the input plane); "
+            f"found {bad}"
+        )
+
+
+def check_out(out, shape, dtype, name: str = "out") -> np.ndarray:
+    """``out=`` must be a writeable ndarray of exactly ``shape`` and ``dtype``."""
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray; got {type(out).__name__}")
+    if out.shape != tuple(shape) or out.dtype != np.dtype(dtype):
+        raise ValueError(
+            f"{name} must have shape {tuple(shape)} and dtype {np.dtype(dtype)}; "
+            f"got shape {out.shape} and dtype {out.dtype}"
+        )
+    if not out.flags.writeable:
+        raise ValueError(f"{name} must be writeable")
+    return out
+
+
+def check_no_overlap(outputs, inputs) -> None:
+    """Outputs may not share memory with inputs or with each other."""
+    outs = [(n, a) for n, a in outputs if a is not None]
+    for i, (name, a) in enumerate(outs):
+        for other, b in list(inputs) + outs[i + 1 :]:
+            if isinstance(b, np.ndarray) and np.may_share_memory(a, b):
+                raise ValueError(f"{name} must not share memory with {other}")

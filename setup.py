@@ -1,0 +1,5 @@
+"""Build script: the Cython extensions in src/ (see the Cython backend)."""
+
+from setuptools import setup
+
+setup()
