@@ -1,9 +1,9 @@
 """The ``numpy`` backend: vectorised NumPy, the reference oracle and the fallback.
 
 Every kernel works on 5-D views ``(N, C, D, H, W)`` of any strides and is *separable*: it
-reduces (or expands) one spatial axis at a time, looping over the output cells of that axis
-only (never over elements). Accumulation is in float64, so results are at least as accurate
-as any compiled backend's.
+treats one spatial axis at a time. Along an axis, the (at most ``k``-long) windows are
+gathered into a ``(..., O, k, ...)`` array with fancy indexing, padded entries masked out, and
+reduced — no Python loop over elements or output cells. Accumulation is in float64.
 
 Why separable max is exact: the scan order is row-major (d, h, w). Reducing W first keeps, per
 row, the first maximum (or the last NaN); reducing H over those row results then picks the first
@@ -16,15 +16,22 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._windows import windows
+from ._windows import cover_arrays, window_arrays
 
 NATIVE_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
 _ACC = np.float64
 _SPATIAL_AXES = (4, 3, 2)  # reduce W, then H, then D
 
 
-def _along(axis: int, sl) -> tuple:
-    return (slice(None),) * axis + (sl,)
+def _gather(a: np.ndarray, axis: int, lo: np.ndarray, hi: np.ndarray):
+    """``a`` gathered along ``axis`` into ``(..., O, k, ...)`` windows ``[lo, hi)``, plus the
+    mask of real (not padding) entries, broadcastable against it, and the gathered positions."""
+    k = int((hi - lo).max())
+    pos = lo[:, None] + np.arange(k, dtype=np.int64)
+    valid = pos < hi[:, None]
+    pos = np.minimum(pos, a.shape[axis] - 1)
+    shape = (1,) * axis + valid.shape + (1,) * (a.ndim - axis - 1)
+    return np.take(a, pos, axis=axis), valid.reshape(shape), pos
 
 
 def avg_forward(x: np.ndarray, out: np.ndarray) -> None:
@@ -32,11 +39,10 @@ def avg_forward(x: np.ndarray, out: np.ndarray) -> None:
     acc = x
     count = np.ones((1, 1, 1, 1, 1), dtype=_ACC)
     for axis in _SPATIAL_AXES:
-        wins = windows(x.shape[axis], out.shape[axis])
-        parts = [acc[_along(axis, slice(a, b))].sum(axis, dtype=_ACC, keepdims=True) for a, b in wins]
-        acc = np.concatenate(parts, axis=axis)
-        sizes = np.array([b - a for a, b in wins], dtype=_ACC)
-        count = count * sizes.reshape((1,) * axis + (-1,) + (1,) * (4 - axis))
+        lo, hi = window_arrays(x.shape[axis], out.shape[axis])
+        windows, valid, _ = _gather(acc, axis, lo, hi)
+        acc = np.where(valid, windows, 0).sum(axis=axis + 1, dtype=_ACC)
+        count = count * (hi - lo).reshape((1,) * axis + (-1,) + (1,) * (4 - axis))
     out[...] = acc / count
 
 
@@ -54,28 +60,30 @@ def max_forward(x: np.ndarray, out: np.ndarray, indices: np.ndarray) -> None:
     vals = x
     flat = np.arange(d * h * w, dtype=np.int64).reshape(1, 1, d, h, w)
     for axis in _SPATIAL_AXES:
-        v_parts, f_parts = [], []
-        for a, b in windows(x.shape[axis], out.shape[axis]):
-            seg = vals[_along(axis, slice(a, b))]
-            fseg = np.broadcast_to(flat[_along(axis, slice(a, b))], seg.shape)
-            loc = _pick(seg, axis)
-            v_parts.append(np.take_along_axis(seg, loc, axis=axis))
-            f_parts.append(np.take_along_axis(fseg, loc, axis=axis))
-        vals = np.concatenate(v_parts, axis=axis)
-        flat = np.concatenate(f_parts, axis=axis)
+        lo, hi = window_arrays(x.shape[axis], out.shape[axis])
+        windows, valid, pos = _gather(vals, axis, lo, hi)
+        # Padding is -inf placed after the real entries: it never wins a comparison.
+        windows = np.where(valid, windows, -np.inf)
+        loc = _pick(windows, axis + 1)
+        flat_windows = np.broadcast_to(np.take(flat, pos, axis=axis), windows.shape)
+        vals = np.take_along_axis(windows, loc, axis=axis + 1).squeeze(axis + 1)
+        flat = np.take_along_axis(flat_windows, loc, axis=axis + 1).squeeze(axis + 1)
     out[...] = vals
     indices[...] = flat
 
 
 def avg_backward(grad_output: np.ndarray, grad_input: np.ndarray) -> None:
-    """``grad_input[x]`` = sum over windows containing x of ``grad_output[w] / size(w)``."""
-    g = grad_output.astype(_ACC)
+    """``grad_input[x]`` = sum over windows containing x of ``grad_output[w] / size(w)``.
+
+    A gather: each input element sums the output cells covering it, one axis at a time."""
+    g = grad_output
     for axis in (2, 3, 4):
-        size_in = grad_input.shape[axis]
-        expanded = np.zeros(g.shape[:axis] + (size_in,) + g.shape[axis + 1 :], dtype=_ACC)
-        for o, (a, b) in enumerate(windows(size_in, g.shape[axis])):
-            expanded[_along(axis, slice(a, b))] += g[_along(axis, slice(o, o + 1))] / (b - a)
-        g = expanded
+        size_in, size_out = grad_input.shape[axis], g.shape[axis]
+        lo, hi = window_arrays(size_in, size_out)
+        sizes = (hi - lo).astype(_ACC).reshape((1,) * axis + (-1,) + (1,) * (4 - axis))
+        scaled = g / sizes
+        cells, valid, _ = _gather(scaled, axis, *cover_arrays(size_in, size_out))
+        g = np.where(valid, cells, 0).sum(axis=axis + 1, dtype=_ACC)
     grad_input[...] = g
 
 
@@ -89,3 +97,4 @@ def max_backward(grad_output: np.ndarray, indices: np.ndarray, grad_input: np.nd
     weights = grad_output.reshape(planes, -1).astype(_ACC).ravel()
     acc = np.bincount(flat, weights=weights, minlength=planes * plane)
     grad_input[...] = acc.reshape(n, c, d, h, w)
+

@@ -10,24 +10,26 @@ from __future__ import annotations
 
 import numpy as np
 
-
-def start_index(i: int, size_in: int, size_out: int) -> int:
-    return (i * size_in) // size_out
-
-
-def end_index(i: int, size_in: int, size_out: int) -> int:
-    return -((-(i + 1) * size_in) // size_out)
+# Products i*I stay below this in int64; beyond it Python integers take over.
+_INT64_SAFE = 2**62
 
 
-def windows(size_in: int, size_out: int) -> list[tuple[int, int]]:
-    """``[(start, end), ...]`` for every output cell of one axis (Python ints: no overflow)."""
-    return [
-        (start_index(i, size_in, size_out), end_index(i, size_in, size_out))
-        for i in range(size_out)
-    ]
+def _ranges(count: int, num: int, den: int) -> tuple[np.ndarray, np.ndarray]:
+    """``floor(i*num/den)`` and ``ceil((i+1)*num/den)`` for ``i in range(count)``, int64."""
+    if count * num < _INT64_SAFE:
+        i = np.arange(count, dtype=np.int64)
+    else:  # exact but slow: Python ints cannot overflow
+        i = np.arange(count, dtype=object)
+    lo = (i * num) // den
+    hi = -((-(i + 1) * num) // den)
+    return lo.astype(np.int64), hi.astype(np.int64)
 
 
 def window_arrays(size_in: int, size_out: int) -> tuple[np.ndarray, np.ndarray]:
-    """Start and end arrays (int64) for one axis."""
-    bounds = np.array(windows(size_in, size_out), dtype=np.int64).reshape(size_out, 2)
-    return bounds[:, 0], bounds[:, 1]
+    """Start and end (exclusive) of every output cell's input window along one axis."""
+    return _ranges(size_out, size_in, size_out)
+
+
+def cover_arrays(size_in: int, size_out: int) -> tuple[np.ndarray, np.ndarray]:
+    """First and last+1 output cell whose window covers each input element along one axis."""
+    return _ranges(size_in, size_out, size_in)

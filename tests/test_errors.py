@@ -1,0 +1,172 @@
+"""Every error case of SPEC.md: a clear Python exception, raised before any kernel runs."""
+
+import numpy as np
+import pytest
+from oracles import BACKWARD, FORWARD, backward, forward
+
+import fastpool
+
+DIMS = (1, 2, 3)
+
+
+def _x(dims, dtype=np.float32, n=2, c=3, size=6):
+    return np.ones((n, c) + (size,) * dims, dtype=dtype)
+
+
+@pytest.mark.parametrize("kind", ("avg", "max"))
+@pytest.mark.parametrize("dims", DIMS)
+@pytest.mark.parametrize(
+    "dtype", [np.int32, np.int64, np.uint8, np.bool_, np.complex128, object, ">f8"]
+)
+def test_unsupported_dtype_is_type_error(backend, kind, dims, dtype):
+    x = _x(dims).astype(dtype)
+    with pytest.raises(TypeError, match=r"x must have dtype float16, float32 or float64"):
+        forward(kind, dims, x, 2, backend=backend)
+
+
+@pytest.mark.parametrize("kind", ("avg", "max"))
+@pytest.mark.parametrize("dims", DIMS)
+def test_wrong_number_of_axes(backend, kind, dims):
+    for shape in [(4,) * dims, (1,) * (dims + 3)]:
+        with pytest.raises(ValueError, match=r"x must be \("):
+            forward(kind, dims, np.ones(shape), 2, backend=backend)
+
+
+@pytest.mark.parametrize("kind", ("avg", "max"))
+@pytest.mark.parametrize("dims", DIMS)
+def test_empty_channel_or_spatial_axis(backend, kind, dims):
+    for shape in [(2, 0) + (4,) * dims, (2, 3) + (4,) * (dims - 1) + (0,), (0,) + (4,) * dims]:
+        with pytest.raises(ValueError, match="non-empty channel and spatial axes"):
+            forward(kind, dims, np.ones(shape), 2, backend=backend)
+
+
+@pytest.mark.parametrize("dims", DIMS)
+def test_bad_output_size(backend, dims):
+    x = _x(dims)
+    fn = FORWARD["avg", dims]
+    with pytest.raises(ValueError, match="non-negative"):
+        fn(x, -1, backend=backend)
+    with pytest.raises(TypeError, match="output_size entries"):
+        fn(x, 2.5, backend=backend)
+    with pytest.raises(TypeError, match="output_size entries"):
+        fn(x, True, backend=backend)
+    with pytest.raises(TypeError, match="output_size entries"):
+        fn(x, "3", backend=backend)
+    with pytest.raises(ValueError, match=f"tuple of {dims} entries"):
+        fn(x, (2,) * (dims + 1), backend=backend)
+    # accepted forms: numpy ints, None entries, lists
+    assert fn(x, np.int64(2), backend=backend).shape == (2, 3) + (2,) * dims
+    assert fn(x, [None] * dims, backend=backend).shape == x.shape
+
+
+def test_not_an_array(backend):
+    with pytest.raises(TypeError, match="x must be an array"):
+        fastpool.adaptive_avg_pool1d(None, 2, backend=backend)
+    with pytest.raises(TypeError, match="x must be an array"):
+        fastpool.adaptive_avg_pool1d("abc", 2, backend=backend)
+    # nested lists of floats are arrays
+    assert fastpool.adaptive_avg_pool1d([[1.0, 3.0]], 1, backend=backend).tolist() == [[2.0]]
+
+
+def test_unknown_and_unusable_backends():
+    x = _x(2)
+    with pytest.raises(fastpool.BackendError, match="unknown backend 'nope'.*numpy"):
+        fastpool.adaptive_avg_pool2d(x, 2, backend="nope")
+    assert issubclass(fastpool.BackendError, ValueError)
+    with pytest.raises(fastpool.BackendError):
+        fastpool.set_backend("nope")
+    with pytest.raises(fastpool.BackendError):
+        with fastpool.use_backend("nope"):
+            pass
+    status = fastpool._backends.backend_status()
+    for name, (ok, reason) in status.items():
+        if not ok:
+            with pytest.raises(fastpool.BackendError, match=f"'{name}' is not usable here"):
+                fastpool.adaptive_avg_pool2d(x, 2, backend=name)
+            assert reason
+
+
+@pytest.mark.parametrize("dims", DIMS)
+def test_out_wrong_shape_dtype_or_readonly(backend, dims):
+    x = _x(dims)
+    good = np.full((2, 3) + (2,) * dims, 7.0, dtype=np.float32)
+    for bad in [
+        np.zeros((2, 3) + (3,) * dims, np.float32),
+        np.zeros((2, 3) + (2,) * dims, np.float64),
+    ]:
+        before = bad.copy()
+        with pytest.raises(ValueError, match="out must have shape"):
+            FORWARD["avg", dims](x, 2, backend=backend, out=bad)
+        np.testing.assert_array_equal(bad, before)
+    ro = good.copy()
+    ro.flags.writeable = False
+    with pytest.raises(ValueError, match="writeable"):
+        FORWARD["avg", dims](x, 2, backend=backend, out=ro)
+    with pytest.raises(TypeError, match="out must be"):
+        FORWARD["avg", dims](x, 2, backend=backend, out=[1, 2])
+    with pytest.raises(TypeError, match="pair"):
+        FORWARD["max", dims](x, 2, True, backend=backend, out=good)
+    # a bad indices array in the pair leaves the values array untouched
+    bad_idx = np.zeros(good.shape, np.int32)
+    with pytest.raises(ValueError, match=r"out\[1\]"):
+        FORWARD["max", dims](x, 2, True, backend=backend, out=(good, bad_idx))
+    assert (good == 7.0).all()
+
+
+def test_out_may_not_alias_input(backend):
+    x = np.ones((2, 3, 8), np.float64)
+    with pytest.raises(ValueError, match="share memory"):
+        fastpool.adaptive_avg_pool1d(x, 8, backend=backend, out=x)
+    g = np.ones((2, 3, 4))
+    with pytest.raises(ValueError, match="share memory"):
+        fastpool.adaptive_avg_pool1d_backward(g, (2, 3, 4), backend=backend, out=g)
+
+
+@pytest.mark.parametrize("kind", ("avg", "max"))
+@pytest.mark.parametrize("dims", DIMS)
+def test_backward_shape_checks(backend, kind, dims):
+    x = _x(dims)
+    values, indices = forward(kind, dims, x, 3, backend=backend)
+    with pytest.raises(ValueError, match="grad_output must have the batch and channel sizes"):
+        backward(kind, dims, values, indices, (2, 4) + x.shape[2:], backend=backend)
+    with pytest.raises(ValueError, match="grad_output must have as many axes"):
+        backward(kind, dims, values, indices, x.shape[1:], backend=backend)
+    with pytest.raises(TypeError, match="input_shape"):
+        backward(kind, dims, values, indices, 5, backend=backend)
+    with pytest.raises(ValueError, match="non-negative"):
+        backward(kind, dims, values, indices, (2, 3) + (-6,) * dims, backend=backend)
+    with pytest.raises(ValueError, match="non-empty"):
+        backward(kind, dims, values, indices, (2, 3) + (0,) * dims, backend=backend)
+    with pytest.raises(TypeError, match="grad_output must have dtype"):
+        backward(kind, dims, values.astype(np.int64), indices, x.shape, backend=backend)
+
+
+@pytest.mark.parametrize("dims", DIMS)
+def test_max_backward_index_checks(backend, dims):
+    x = np.random.default_rng(0).standard_normal((2, 3) + (5,) * dims)
+    values, indices = forward("max", dims, x, 3, backend=backend)
+    fn = BACKWARD["max", dims]
+    plane = 5**dims
+    out = np.full(x.shape, 3.0)
+    for bad_value in (-1, plane, 2**40):
+        bad = indices.copy()
+        bad.flat[4] = bad_value
+        before = bad.copy()
+        with pytest.raises(ValueError, match=rf"indices must lie in \[0, {plane}\)"):
+            fn(values, bad, x.shape, backend=backend, out=out)
+        np.testing.assert_array_equal(bad, before)
+        assert (out == 3.0).all()
+    with pytest.raises(ValueError, match="indices must have the shape of grad_output"):
+        fn(values, indices[:1], x.shape, backend=backend)
+    with pytest.raises(TypeError, match="integer array"):
+        fn(values, indices.astype(np.float64), x.shape, backend=backend)
+    with pytest.raises(TypeError, match="indices must be"):
+        fn(values, None, x.shape, backend=backend)
+    # other integer dtypes are fine
+    ref = fn(values, indices, x.shape, backend=backend)
+    np.testing.assert_array_equal(fn(values, indices.astype(np.int32), x.shape, backend=backend), ref)
+
+
+def test_bad_data_format(backend):
+    with pytest.raises(ValueError, match="data_format"):
+        fastpool.adaptive_avg_pool2d(_x(2), 2, backend=backend, data_format="NHWC")

@@ -1,0 +1,186 @@
+"""Every backend against PyTorch, the brute-force oracle and the numpy backend."""
+
+import numpy as np
+import pytest
+from oracles import (
+    assert_close,
+    assert_identical,
+    backward,
+    brute_forward,
+    forward,
+    torch_backward,
+    torch_forward,
+)
+
+KINDS = ("avg", "max")
+DTYPES = (np.float32, np.float64)
+
+# (dims, input shape, output_size): divisible, non-divisible, larger than input, None entries,
+# size-1 axes, unbatched, the classic "to 1" and "keep" cases.
+CASES = [
+    (1, (2, 3, 10), 4),
+    (1, (2, 3, 7), 7),
+    (1, (1, 2, 5), 9),
+    (1, (3, 11), 3),
+    (1, (2, 1, 1), 3),
+    (1, (2, 4, 64), (1,)),
+    (2, (2, 3, 9, 7), (4, 3)),
+    (2, (2, 3, 5, 5), 7),
+    (2, (1, 2, 8, 8), (None, 3)),
+    (2, (3, 6, 10), (2, 5)),
+    (2, (2, 5, 1, 9), (3, 2)),
+    (2, (2, 4, 7, 7), 1),
+    (2, (1, 3, 13, 16), (13, 6)),
+    (3, (2, 2, 4, 5, 6), (2, 3, 4)),
+    (3, (1, 3, 3, 4, 5), (5, 2, 7)),
+    (3, (2, 3, 4, 5), (None, 2, 1)),
+    (3, (1, 2, 1, 1, 6), (2, 1, 4)),
+    (3, (1, 2, 6, 6, 6), 1),
+]
+CASE_IDS = [f"{d}d-{'x'.join(map(str, s))}-{o}" for d, s, o in CASES]
+
+
+def _data(rng, shape, dtype, hostile=False):
+    x = rng.standard_normal(shape)
+    if hostile:
+        x = np.round(x * 2) / 2  # many ties
+        mask = rng.random(shape)
+        x[mask < 0.08] = np.nan
+        x[(mask >= 0.08) & (mask < 0.14)] = np.inf
+        x[(mask >= 0.14) & (mask < 0.22)] = -np.inf
+    return x.astype(dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize(("dims", "shape", "osize"), CASES, ids=CASE_IDS)
+def test_forward_matches_torch(backend, rng, dims, shape, osize, kind, dtype):
+    x = _data(rng, shape, dtype, hostile=(kind == "max"))
+    values, indices = forward(kind, dims, x, osize, backend=backend)
+    ref_values, ref_indices = torch_forward(kind, dims, x, osize)
+    assert values.dtype == dtype and values.flags.c_contiguous
+    assert_close(values, ref_values)
+    if kind == "max":
+        assert indices.dtype == np.int64
+        assert_identical(values, ref_values)  # max is exact, NaN included
+        assert_identical(indices, ref_indices)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize(("dims", "shape", "osize"), CASES[::3], ids=CASE_IDS[::3])
+def test_forward_matches_brute_force(backend, rng, dims, shape, osize, kind):
+    x = _data(rng, shape, np.float64, hostile=(kind == "max"))
+    values, indices = forward(kind, dims, x, osize, backend=backend)
+    ref_values, ref_indices = brute_forward(kind, dims, x, osize)
+    assert_close(values, ref_values)
+    if kind == "max":
+        assert_identical(indices, ref_indices)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize(("dims", "shape", "osize"), CASES, ids=CASE_IDS)
+def test_backward_matches_torch(backend, rng, dims, shape, osize, kind, dtype):
+    x = _data(rng, shape, dtype)
+    values, indices = forward(kind, dims, x, osize, backend=backend)
+    grad = rng.standard_normal(values.shape).astype(dtype)
+    grad_input = backward(kind, dims, grad, indices, x.shape, backend=backend)
+    assert grad_input.shape == x.shape and grad_input.dtype == dtype
+    assert grad_input.flags.c_contiguous
+    assert_close(grad_input, torch_backward(kind, dims, x, osize, grad))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize(("dims", "shape", "osize"), CASES, ids=CASE_IDS)
+def test_matches_numpy_backend(backend, rng, dims, shape, osize, kind):
+    x = _data(rng, shape, np.float64, hostile=(kind == "max"))
+    values, indices = forward(kind, dims, x, osize, backend=backend)
+    ref_values, ref_indices = forward(kind, dims, x, osize, backend="numpy")
+    assert_close(values, ref_values)
+    if kind == "max":
+        assert_identical(indices, ref_indices)
+        grad_x = np.nan_to_num(x)  # the gradient does not depend on x, only on indices
+        del grad_x
+    grad = rng.standard_normal(values.shape)
+    assert_close(
+        backward(kind, dims, grad, indices, x.shape, backend=backend),
+        backward(kind, dims, grad, ref_indices, x.shape, backend="numpy"),
+    )
+
+
+@pytest.mark.parametrize("dims", (1, 2, 3))
+def test_nan_tie_and_neg_inf_rules(backend, dims):
+    """SPEC: ties -> first, NaN -> last NaN in scan order, all -inf -> window's first element."""
+    spatial = (4,) * dims
+    plane = 4**dims
+    cases = {
+        "ties": (np.ones(plane), 0),
+        "nan_last": (np.where(np.arange(plane) % 3 == 1, np.nan, 1.0), None),
+        "all_neg_inf": (np.full(plane, -np.inf), 0),
+        "inf_first": (np.where(np.arange(plane) >= 2, np.inf, 0.0), 2),
+    }
+    for name, (flat, expected_index) in cases.items():
+        x = flat.reshape((1, 1) + spatial)
+        values, indices = forward("max", dims, x, 1, backend=backend)
+        if expected_index is None:  # the last NaN in row-major order
+            expected_index = int(np.flatnonzero(np.isnan(flat))[-1])
+            assert np.isnan(values).all(), name
+        else:
+            assert values.ravel()[0] == flat[expected_index], name
+        assert indices.ravel()[0] == expected_index, name
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("dims", (1, 2, 3))
+def test_empty_batch_and_zero_output(backend, dims, kind, dtype):
+    spatial = (5,) * dims
+    x = np.zeros((0, 3) + spatial, dtype=dtype)
+    values, indices = forward(kind, dims, x, 2, backend=backend)
+    assert values.shape == (0, 3) + (2,) * dims and values.dtype == dtype
+    grad = backward(kind, dims, values, indices, x.shape, backend=backend)
+    assert grad.shape == x.shape and grad.dtype == dtype
+
+    x = np.ones((2, 3) + spatial, dtype=dtype)
+    values, indices = forward(kind, dims, x, 0, backend=backend)
+    assert values.shape == (2, 3) + (0,) * dims
+    if kind == "max":
+        assert indices.shape == values.shape and indices.dtype == np.int64
+    grad = backward(kind, dims, values, indices, x.shape, backend=backend)
+    assert grad.shape == x.shape
+    assert (grad == 0).all()  # no output cell: nothing flows back
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("dims", (1, 2, 3))
+def test_float16_accumulates_in_float32(backend, rng, dims, kind):
+    shape = (2, 3) + (9, 7, 5)[:dims]
+    x = rng.standard_normal(shape).astype(np.float16)
+    values, indices = forward(kind, dims, x, 4, backend=backend)
+    assert values.dtype == np.float16
+    ref_values, ref_indices = forward(kind, dims, x.astype(np.float32), 4, backend="numpy")
+    if kind == "max":
+        assert_identical(values, ref_values.astype(np.float16))
+        assert_identical(indices, ref_indices)
+    else:  # one rounding to float16 at the end: within half an ulp of the float32 result
+        assert_close(values, ref_values.astype(np.float16))
+        tv, _ = torch_forward(kind, dims, x, 4)
+        assert_close(values, tv)
+    grad = rng.standard_normal(values.shape).astype(np.float16)
+    gi = backward(kind, dims, grad, indices, x.shape, backend=backend)
+    assert gi.dtype == np.float16
+    ref = backward(kind, dims, grad.astype(np.float32), ref_indices, x.shape, backend="numpy")
+    assert_close(gi, ref.astype(np.float16))
+
+
+def test_large_sizes_use_exact_window_arithmetic(backend):
+    """Windows for sizes where float arithmetic would pick the wrong start/end."""
+    size_in, size_out = 1_000_003, 999_983
+    x = np.arange(size_in, dtype=np.float64).reshape(1, 1, size_in)
+    values, indices = forward("max", 1, x, size_out, backend=backend)
+    i = np.arange(size_out, dtype=np.int64)
+    ends = -((-(i + 1) * size_in) // size_out)
+    assert_identical(indices[0, 0], ends - 1)  # increasing data: the max is the last element
+    avg, _ = forward("avg", 1, x, size_out, backend=backend)
+    starts = (i * size_in) // size_out
+    np.testing.assert_allclose(avg[0, 0], (starts + ends - 1) / 2, rtol=1e-12)
