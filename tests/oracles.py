@@ -56,11 +56,18 @@ def _torch_size(x, dims, output_size):
     return tuple(s if o is None else o for o, s in zip(_tuple(output_size, dims), x.shape[-dims:]))
 
 
+def _fresh(a, dtype):
+    """A C-ordered copy with standard strides (PyTorch rejects the negative strides that
+    ``np.ascontiguousarray`` keeps on size-1 axes)."""
+    return np.array(a, dtype=dtype, order="C", copy=True)
+
+
 def torch_forward(kind, dims, x, output_size):
     """PyTorch's result for a C-contiguous copy of ``x`` (float16 computed in float32)."""
     t = require_torch()
     output_size = _torch_size(x, dims, output_size)
-    xt = t.from_numpy(np.ascontiguousarray(x, dtype=np.float64 if x.dtype == np.float64 else np.float32))
+    dt = np.float64 if x.dtype == np.float64 else np.float32
+    xt = t.from_numpy(_fresh(x, dt))
     if kind == "avg":
         y = getattr(F, f"adaptive_avg_pool{dims}d")(xt, output_size)
         return y.numpy().astype(x.dtype), None
@@ -73,10 +80,10 @@ def torch_backward(kind, dims, x, output_size, grad):
     t = require_torch()
     output_size = _torch_size(x, dims, output_size)
     dt = np.float64 if x.dtype == np.float64 else np.float32
-    xt = t.from_numpy(np.ascontiguousarray(x, dtype=dt)).requires_grad_(True)
+    xt = t.from_numpy(_fresh(x, dt)).requires_grad_(True)
     fn = getattr(F, f"adaptive_{kind}_pool{dims}d")
     y = fn(xt, output_size)
-    y.backward(t.from_numpy(np.ascontiguousarray(grad, dtype=dt)))
+    y.backward(t.from_numpy(_fresh(grad, dt)))
     return xt.grad.numpy().astype(x.dtype)
 
 
