@@ -1,0 +1,886 @@
+"""The ``numba`` backend: parallel JIT kernels computing what ``fastpool/_numpy.py`` computes.
+
+One kernel set serves 1d, 2d and 3d: kernels see 5-D arrays ``(N, C, D, H, W)`` (size-1
+axes for 1d/2d) and run in one of two layouts, each read in place:
+
+* *planar*, C-contiguous ``(N*C, D*H*W)``: the rows of a window are added (or maxed) into a
+  row buffer, a loop that vectorises across ``W``, before the columns of each output cell;
+* *channels-last*, C-contiguous ``(N*D*H*W, C)`` (a ``(N, C, ...)`` view with channel stride
+  1, as ``channels_last`` tensors give): every inner loop runs over contiguous channels.
+
+Other strides go through one copy, and so do channels-last inputs with fewer than 8 channels
+(nothing to vectorise across). Forward outputs may have any strides. Backward kernels
+gather: each element of ``grad_input`` is written once, by one thread, as a sum over the
+output cells covering it taken in output order -- no zero-fill pass, no atomics, the same
+bits for every thread count and both layouts. Sums are float64 (in the channels-last average,
+a window row is summed in the input's precision first).
+
+Each kernel is a ``prange`` over threads around a serial ``*_part`` function that does one
+thread's contiguous share of the work: numba optimises a plain function better than a
+``prange`` body.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numba
+import numpy as np
+from numba import njit, prange, types
+
+NATIVE_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+# ----------------------------------------------------------------------------- threads
+# Numba's ``workqueue`` layer aborts the process when two Python threads enter parallel code
+# at once. Ask for a thread-safe layer (TBB, else OpenMP) before the first kernel launches,
+# unless the user chose one. If workqueue is what we get anyway (another library launched
+# numba first, or neither TBB nor OpenMP loads), ``_launch`` serialises calls.
+
+
+def _thread_safe_layer() -> str | None:
+    for name in ("tbb", "omp"):
+        try:
+            __import__(f"numba.np.ufunc.{name}pool")
+        except ImportError:
+            continue
+        return name
+    return None
+
+
+if numba.config.THREADING_LAYER == "default":
+    numba.config.THREADING_LAYER = _thread_safe_layer() or "default"
+
+_launch_lock = threading.Lock()
+_layer_is_safe = False  # known only after the first launch
+_num_threads: int | None = None  # fastpool's setting; None: numba's own, per Python thread
+#: Elements (read + written) each thread gets at least; smaller calls use fewer threads:
+#: waking a thread costs microseconds, and on a busy machine it may wait a time slice.
+GRAIN = 1 << 14
+
+
+def set_num_threads(n: int) -> None:
+    """Threads per kernel call, in every Python thread (numba's own setter is per thread)."""
+    global _num_threads
+    _num_threads = max(1, min(int(n), numba.config.NUMBA_NUM_THREADS))
+
+
+def get_num_threads() -> int:
+    return _num_threads if _num_threads is not None else numba.get_num_threads()
+
+
+def describe() -> str:
+    try:
+        layer = numba.threading_layer()
+    except ValueError:  # no kernel has run yet
+        layer = f"{numba.config.THREADING_LAYER} (starts with the first call)"
+    return f"numba {numba.__version__}, threading layer {layer}, {get_num_threads()} threads"
+
+
+def _launch(kernel, args, work) -> None:
+    """Run ``kernel(nt, *args)`` on ``nt`` threads: the setting, or fewer for small work."""
+    global _layer_is_safe
+    current = numba.get_num_threads()
+    nt = max(1, min(_num_threads or current, work // GRAIN))
+    if nt != current:
+        numba.set_num_threads(nt)
+    try:
+        if _layer_is_safe:
+            kernel(nt, *args)
+        else:
+            with _launch_lock:
+                kernel(nt, *args)
+                _layer_is_safe = numba.threading_layer() != "workqueue"
+    finally:
+        if nt != current:
+            numba.set_num_threads(current)
+
+
+# --------------------------------------------------------------------------- compiling
+# A kernel is compiled for one explicit signature per combination of dtypes, when first
+# called with it: inputs as read-only C-contiguous arrays (writeable ones convert to them),
+# outputs C-contiguous or strided as declared. So a process loads few specialisations from
+# numba's cache, and never compiles a surprise one.
+
+_OPTIONS = dict(parallel=True, nogil=True, cache=True, error_model="numpy")
+_ARG_TYPES = {
+    "in": lambda a: types.Array(numba.from_dtype(a.dtype), a.ndim, "C", readonly=True),
+    "out": lambda a: types.Array(numba.from_dtype(a.dtype), a.ndim, "C"),
+    "any": lambda a: types.Array(numba.from_dtype(a.dtype), a.ndim, "A"),
+    "int": lambda a: types.int64,
+}
+_compile_lock = threading.Lock()
+
+
+def _jit(py_func, signature):
+    try:
+        return njit([signature], **_OPTIONS)(py_func)
+    except RuntimeError:  # no writable cache directory
+        return njit([signature], **{**_OPTIONS, "cache": False})(py_func)
+
+
+class _Kernel:
+    """A parallel kernel ``f(nt, *args)``; ``kinds`` says what each of ``args`` is."""
+
+    def __init__(self, py_func, kinds):
+        self.py_func = py_func
+        self.kinds = kinds
+        self.compiled = {}
+
+    def __call__(self, work, *args):
+        key = tuple(a.dtype for a in args if isinstance(a, np.ndarray))
+        kernel = self.compiled.get(key)
+        if kernel is None:
+            with _compile_lock:
+                kernel = self.compiled.get(key)
+                if kernel is None:
+                    argtypes = [_ARG_TYPES[k](a) for k, a in zip(self.kinds, args, strict=True)]
+                    kernel = _jit(self.py_func, types.void(types.int64, *argtypes))
+                    self.compiled[key] = kernel
+        _launch(kernel, args, work)
+
+
+def _kernel(*kinds):
+    return lambda py_func: _Kernel(py_func, kinds)
+
+
+# ----------------------------------------------------------------------------- windows
+# The one window formula of this backend (exact int64 arithmetic). Output cell i of an axis
+# covers input [start(i, I, O), end(i, I, O)); input element x is covered by output cells
+# [start(x, O, I), end(x, O, I)).
+
+
+@njit(inline="always")
+def _start(i, size_in, size_out):
+    return (i * size_in) // size_out
+
+
+@njit(inline="always")
+def _end(i, size_in, size_out):
+    return ((i + 1) * size_in + size_out - 1) // size_out
+
+
+@njit
+def _bounds(size_in, size_out):
+    """``(starts, ends)`` of every output cell: no integer division in the inner loops."""
+    starts = np.empty(size_out, np.int64)
+    ends = np.empty(size_out, np.int64)
+    for i in range(size_out):
+        starts[i] = _start(i, size_in, size_out)
+        ends[i] = _end(i, size_in, size_out)
+    return starts, ends
+
+
+@njit
+def _runs(size_in, size_out):
+    """Input positions of one axis grouped into runs covered by the same output cells:
+    ``(run starts + [size_in], first covering cell, end of covering cells)`` per run."""
+    cs, ce = _bounds(size_out, size_in)
+    starts = np.empty(size_in + 1, np.int64)
+    first = np.empty(size_in, np.int64)
+    end = np.empty(size_in, np.int64)
+    r = 0
+    for x in range(size_in):
+        if x == 0 or cs[x] != cs[x - 1] or ce[x] != ce[x - 1]:
+            starts[r], first[r], end[r] = x, cs[x], ce[x]
+            r += 1
+    starts[r] = size_in
+    return starts[: r + 1], first[:r], end[:r]
+
+
+# ------------------------------------------------------------------------ work items
+# Thread t of nt takes a contiguous, balanced share of the work items, numbered row-major
+# over up to four axes; it decodes its first item and then counts (no division per item).
+
+
+@njit(inline="always")
+def _chunk(t, items, nt):
+    return t * items // nt, (t + 1) * items // nt
+
+
+@njit(inline="always")
+def _unravel(k, e2, e1, e0):
+    i0 = k % e0
+    k //= e0
+    i1 = k % e1
+    k //= e1
+    return k // e2, k % e2, i1, i0
+
+
+@njit(inline="always")
+def _next(i3, i2, i1, i0, e2, e1, e0):
+    i0 += 1
+    if i0 == e0:
+        i0 = 0
+        i1 += 1
+        if i1 == e1:
+            i1 = 0
+            i2 += 1
+            if i2 == e2:
+                i2 = 0
+                i3 += 1
+    return i3, i2, i1, i0
+
+
+# ----------------------------------------------------------------------------- helpers
+# Inner loops index 1-D slices from 0 with range() variables: numba then knows the index is
+# never negative, drops its wraparound check, and LLVM vectorises the loop.
+
+
+@njit(inline="always")
+def _sum_span(a):
+    """Sum of ``a`` with eight independent accumulators (one chain would be latency-bound)."""
+    s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = 0.0
+    n8 = len(a) - len(a) % 8
+    for i in range(0, n8, 8):
+        s0 += a[i]
+        s1 += a[i + 1]
+        s2 += a[i + 2]
+        s3 += a[i + 3]
+        s4 += a[i + 4]
+        s5 += a[i + 5]
+        s6 += a[i + 6]
+        s7 += a[i + 7]
+    s = ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
+    for i in range(n8, len(a)):
+        s += a[i]
+    return s
+
+
+_LANES = 128
+
+
+@njit(inline="always")
+def _sum_long(a, lanes):
+    """Sum of ``a``; a long one is added up vertically in ``len(lanes)`` float64 lanes
+    first (a loop LLVM vectorises, unlike the scalar chains of :func:`_sum_span`)."""
+    n, width = len(a), len(lanes)
+    if n < 4 * width:
+        return _sum_span(a)
+    head = a[:width]
+    for j in range(width):
+        lanes[j] = head[j]
+    full = n - n % width
+    for i in range(width, full, width):
+        row = a[i : i + width]
+        for j in range(width):
+            lanes[j] += row[j]
+    return _sum_span(lanes) + _sum_span(a[full:])
+
+
+@njit(inline="always")
+def _max_span(a):
+    """Maximum of ``a`` by the SPEC's scan rule, and its position. A plain branchy scan: the
+    branch is rarely taken on real data, which beats every select-based form numba emits."""
+    bv, bi = a[0], 0
+    for i in range(1, len(a)):
+        v = a[i]
+        if v > bv or v != v:
+            bv, bi = v, i
+    return bv, bi
+
+
+@njit(inline="always")
+def _better(v, i, bv, bi):
+    """Whether candidate ``(v, i)`` beats the best ``(bv, bi)`` so far, for flat positions in
+    any order: NaN beats numbers and the later NaN wins; else the larger value, then the
+    earlier position. With ``i > bi`` this is the SPEC's scan rule ``v > bv or isnan(v)``."""
+    if v != v:
+        return bv == bv or i > bi
+    if bv != bv:
+        return False
+    return v > bv or (v == bv and i < bi)
+
+
+# ------------------------------------------------------------------ forward, planar layout
+
+
+@_kernel("in", "any", "int", "int", "int")
+def _avg_fwd_planar(nt, x, out, D, H, W):
+    for t in prange(nt):
+        _avg_fwd_planar_part(np.int64(t), nt, x, out, D, H, W)
+
+
+@njit(error_model="numpy")
+def _avg_fwd_planar_part(t, nt, x, out, D, H, W):
+    """``x``: (N*C, D*H*W); one work item per output row ``(n, c, od, oh)``."""
+    N, C, Do, Ho, Wo = out.shape
+    HW = H * W
+    lanes = np.empty(_LANES, np.float64)
+    if Do * Ho * Wo == 1:  # global pooling: nothing but a sum per plane
+        first, last = _chunk(t, N * C, nt)
+        _, _, n, c = _unravel(first, 1, N, C)
+        for p in range(first, last):
+            out[n, c, 0, 0, 0] = _sum_long(x[p], lanes) / (D * HW)
+            _, _, n, c = _next(0, 0, n, c, 1, N, C)
+        return
+    ds, de = _bounds(D, Do)
+    hs, he = _bounds(H, Ho)
+    ws, we = _bounds(W, Wo)
+    buf = np.empty(W, np.float64)
+    first, last = _chunk(t, N * C * Do * Ho, nt)
+    n, c, od, oh = _unravel(first, C, Do, Ho)
+    for _ in range(first, last):
+        xp, orow = x[n * C + c], out[n, c, od, oh]
+        d0, d1, h0, h1 = ds[od], de[od], hs[oh], he[oh]
+        nrows = (d1 - d0) * (h1 - h0)
+        if Wo == 1:  # whole rows: each d slab of the window is one contiguous span
+            s = 0.0
+            for d in range(d0, d1):
+                s += _sum_long(xp[d * HW + h0 * W : d * HW + h1 * W], lanes)
+            orow[0] = s / (nrows * W)
+        elif nrows == 1:
+            row = xp[d0 * HW + h0 * W : d0 * HW + h0 * W + W]
+            for ow in range(Wo):
+                s = _sum_long(row[ws[ow] : we[ow]], lanes)
+                orow[ow] = s / (we[ow] - ws[ow])
+        else:  # add the window's rows into one row, then sum its column windows
+            row = xp[d0 * HW + h0 * W : d0 * HW + h0 * W + W]
+            for w in range(W):
+                buf[w] = row[w]
+            for d in range(d0, d1):
+                for h in range(h0, h1):
+                    if d != d0 or h != h0:
+                        row = xp[d * HW + h * W : d * HW + h * W + W]
+                        for w in range(W):
+                            buf[w] += row[w]
+            for ow in range(Wo):
+                s = _sum_span(buf[ws[ow] : we[ow]])
+                orow[ow] = s / (nrows * (we[ow] - ws[ow]))
+        n, c, od, oh = _next(n, c, od, oh, C, Do, Ho)
+
+
+@_kernel("in", "any", "any", "in", "int", "int", "int")
+def _max_fwd_planar(nt, x, out, indices, itype, D, H, W):
+    for t in prange(nt):
+        _max_fwd_planar_part(np.int64(t), nt, x, out, indices, itype, D, H, W)
+
+
+@njit(error_model="numpy")
+def _max_fwd_planar_part(t, nt, x, out, indices, itype, D, H, W):
+    """``x``: (N*C, D*H*W); one work item per output row ``(n, c, od, oh)``. Positions are
+    held as ``itype`` (int32 next to float32: selects of one width vectorise best)."""
+    N, C, Do, Ho, Wo = out.shape
+    HW = H * W
+    ds, de = _bounds(D, Do)
+    hs, he = _bounds(H, Ho)
+    ws, we = _bounds(W, Wo)
+    best = np.empty((2, W), x.dtype)
+    where = np.empty((2, W), itype.dtype)
+    first, last = _chunk(t, N * C * Do * Ho, nt)
+    n, c, od, oh = _unravel(first, C, Do, Ho)
+    for _ in range(first, last):
+        xp, orow, irow = x[n * C + c], out[n, c, od, oh], indices[n, c, od, oh]
+        d0, d1, h0, h1 = ds[od], de[od], hs[oh], he[oh]
+        if Wo == 1:  # whole rows: one contiguous span per d slab, merged in scan order
+            lo = d0 * HW + h0 * W
+            bv, bi = _max_span(xp[lo : lo + (h1 - h0) * W])
+            bi += lo
+            for d in range(d0 + 1, d1):
+                lo = d * HW + h0 * W
+                v, i = _max_span(xp[lo : lo + (h1 - h0) * W])
+                if v > bv or v != v:
+                    bv, bi = v, lo + i
+            orow[0], irow[0] = bv, bi
+        elif (d1 - d0) * (h1 - h0) == 1:
+            lo = d0 * HW + h0 * W
+            row = xp[lo : lo + W]
+            for ow in range(Wo):
+                bv, bi = _max_span(row[ws[ow] : we[ow]])
+                orow[ow], irow[ow] = bv, lo + ws[ow] + bi
+        else:
+            # Column maxima over the window's rows (scan order within each column), then
+            # per output cell the best column; _better breaks ties by flat position, which
+            # is exactly the row-major scan order of the whole window.
+            lo = d0 * HW + h0 * W
+            row = xp[lo : lo + W]
+            cur = 0
+            bv_, bi_ = best[0], where[0]
+            for w in range(W):
+                bv_[w] = row[w]
+                bi_[w] = lo + w
+            for d in range(d0, d1):
+                for h in range(h0, h1):
+                    if d != d0 or h != h0:
+                        lo = d * HW + h * W
+                        row = xp[lo : lo + W]
+                        sv, si, dv, di = best[cur], where[cur], best[1 - cur], where[1 - cur]
+                        for w in range(W):
+                            v, old_v, old_i = row[w], sv[w], si[w]
+                            take = (v > old_v) | (v != v)
+                            dv[w] = v if take else old_v
+                            di[w] = lo + w if take else old_i
+                        cur = 1 - cur
+            bv_, bi_ = best[cur], where[cur]
+            for ow in range(Wo):
+                bv, bi = bv_[ws[ow]], bi_[ws[ow]]
+                for w in range(ws[ow] + 1, we[ow]):
+                    if _better(bv_[w], bi_[w], bv, bi):
+                        bv, bi = bv_[w], bi_[w]
+                orow[ow], irow[ow] = bv, bi
+        n, c, od, oh = _next(n, c, od, oh, C, Do, Ho)
+
+
+# ------------------------------------------------------------ forward, channels-last layout
+# One work item per output cell and block of ``cb`` channels: blocks outermost, so that a
+# thread's items share a block and the counters stay four deep.
+
+
+@_kernel("in", "any", "int", "int", "int", "int")
+def _avg_fwd_cl(nt, x, out, D, H, W, cb):
+    for t in prange(nt):
+        _avg_fwd_cl_part(np.int64(t), nt, x, out, D, H, W, cb)
+
+
+@njit(error_model="numpy")
+def _avg_fwd_cl_part(t, nt, x, out, D, H, W, cb):
+    """``x``: (N*D*H*W*C,), channels innermost. A window row is first summed in the input's
+    precision (half the vector work of float64), then added to the float64 sums."""
+    N, C, Do, Ho, Wo = out.shape
+    blocks = (C + cb - 1) // cb
+    cells = N * Do * Ho * Wo
+    ds, de = _bounds(D, Do)
+    hs, he = _bounds(H, Ho)
+    ws, we = _bounds(W, Wo)
+    acc = np.empty(cb, np.float64)
+    part = np.empty(cb, x.dtype)
+    first, last = _chunk(t, blocks * cells, nt)
+    b = first // cells
+    n, od, oh, ow = _unravel(first - b * cells, Do, Ho, Wo)
+    for _ in range(first, last):
+        c0 = b * cb
+        m = min(cb, C - c0)
+        w0, w1 = ws[ow], we[ow]
+        for j in range(m):
+            acc[j] = 0.0
+        for d in range(ds[od], de[od]):
+            for h in range(hs[oh], he[oh]):
+                # Unsigned indices: no wraparound check, and no slice to build per position.
+                i = (((n * D + d) * H + h) * W + w0) * C + c0
+                for j in range(m):
+                    part[j] = x[np.uint64(i + j)]
+                for _w in range(w0 + 1, w1):
+                    i += C
+                    for j in range(m):
+                        part[j] += x[np.uint64(i + j)]
+                for j in range(m):
+                    acc[j] += part[j]
+        scale = 1.0 / ((de[od] - ds[od]) * (he[oh] - hs[oh]) * (w1 - w0))
+        dst = out[n, c0 : c0 + m, od, oh, ow]
+        for j in range(m):
+            dst[j] = acc[j] * scale
+        n, od, oh, ow = _next(n, od, oh, ow, Do, Ho, Wo)
+        if n == N:
+            n, b = 0, b + 1
+
+
+@_kernel("in", "any", "any", "in", "int", "int", "int", "int")
+def _max_fwd_cl(nt, x, out, indices, itype, D, H, W, cb):
+    for t in prange(nt):
+        _max_fwd_cl_part(np.int64(t), nt, x, out, indices, itype, D, H, W, cb)
+
+
+@njit(error_model="numpy")
+def _max_fwd_cl_part(t, nt, x, out, indices, itype, D, H, W, cb):
+    """``x``: (N*D*H*W*C,), channels innermost. Positions are held as ``itype`` while
+    scanning, as in :func:`_max_fwd_planar`. The running maxima go back and forth between two
+    buffers: updating one in place makes LLVM emit masked stores, which are slow."""
+    N, C, Do, Ho, Wo = out.shape
+    blocks = (C + cb - 1) // cb
+    cells = N * Do * Ho * Wo
+    ds, de = _bounds(D, Do)
+    hs, he = _bounds(H, Ho)
+    ws, we = _bounds(W, Wo)
+    best = np.empty((2, cb), x.dtype)
+    where = np.empty((2, cb), itype.dtype)
+    first, last = _chunk(t, blocks * cells, nt)
+    b = first // cells
+    n, od, oh, ow = _unravel(first - b * cells, Do, Ho, Wo)
+    for _ in range(first, last):
+        c0 = b * cb
+        m = min(cb, C - c0)
+        plane = n * D * H * W
+        # Start from the window's first element; scanning it again is a no-op.
+        flat = (ds[od] * H + hs[oh]) * W + ws[ow]
+        a = x[(plane + flat) * C + c0 : (plane + flat) * C + c0 + m]
+        cur = 0
+        sv, si = best[0], where[0]
+        for j in range(m):
+            sv[j] = a[j]
+            si[j] = flat
+        for d in range(ds[od], de[od]):
+            for h in range(hs[oh], he[oh]):
+                for w in range(ws[ow], we[ow]):
+                    flat = (d * H + h) * W + w
+                    a = x[(plane + flat) * C + c0 : (plane + flat) * C + c0 + m]
+                    sv, si = best[cur], where[cur]
+                    dv, di = best[1 - cur], where[1 - cur]
+                    cur = 1 - cur
+                    for j in range(m):
+                        v, bv, bi = a[j], sv[j], si[j]
+                        take = (v > bv) | (v != v)
+                        dv[j] = v if take else bv
+                        di[j] = flat if take else bi
+        sv, si = best[cur], where[cur]
+        dst = out[n, c0 : c0 + m, od, oh, ow]
+        idst = indices[n, c0 : c0 + m, od, oh, ow]
+        for j in range(m):
+            dst[j] = sv[j]
+            idst[j] = si[j]
+        n, od, oh, ow = _next(n, od, oh, ow, Do, Ho, Wo)
+        if n == N:
+            n, b = 0, b + 1
+
+
+# ----------------------------------------------------------------- backward, planar layout
+
+
+@_kernel("in", "out", "int", "int", "int", "int", "int", "int")
+def _avg_bwd_planar(nt, go, gi, Do, Ho, Wo, D, H, W):
+    for t in prange(nt):
+        _avg_bwd_planar_part(np.int64(t), nt, go, gi, Do, Ho, Wo, D, H, W)
+
+
+@njit(error_model="numpy")
+def _avg_bwd_planar_part(t, nt, go, gi, Do, Ho, Wo, D, H, W):
+    """``go``: (N*C, Do*Ho*Wo), ``gi``: (N*C, D*H*W); one work item per input row.
+
+    Along W the row is piecewise constant (runs of positions covered by the same cells): the
+    run values are computed when the covering cells change, then each row is a run fill.
+    """
+    P = gi.shape[0]
+    ds, de = _bounds(D, Do)
+    hs, he = _bounds(H, Ho)
+    ws, we = _bounds(W, Wo)
+    cds, cde = _bounds(Do, D)  # output cells covering each input position
+    chs, che = _bounds(Ho, H)
+    starts, cfirst, cend = _runs(W, Wo)
+    acc = np.empty(Wo, np.float64)
+    values = np.empty(len(cfirst), np.float64)
+    key = (-1, -1, -1, -1, -1)
+    first, last = _chunk(t, P * D * H, nt)
+    _, p, d, h = _unravel(first, P, D, H)
+    for _ in range(first, last):
+        if (p, cds[d], cde[d], chs[h], che[h]) != key:
+            key = (p, cds[d], cde[d], chs[h], che[h])
+            acc[:] = 0.0
+            for od in range(cds[d], cde[d]):
+                for oh in range(chs[h], che[h]):
+                    size = (de[od] - ds[od]) * (he[oh] - hs[oh])
+                    g = go[p, (od * Ho + oh) * Wo : (od * Ho + oh + 1) * Wo]
+                    for ow in range(Wo):
+                        acc[ow] += g[ow] * (1.0 / (size * (we[ow] - ws[ow])))
+            for r in range(len(values)):  # in order, as _avg_bwd_cl adds them
+                v = 0.0
+                for ow in range(cfirst[r], cend[r]):
+                    v += acc[ow]
+                values[r] = v
+        dst = gi[p, (d * H + h) * W : (d * H + h + 1) * W]
+        for r in range(len(values)):
+            v = values[r]
+            for w in range(starts[r], starts[r + 1]):
+                dst[w] = v
+        _, p, d, h = _next(0, p, d, h, P, D, H)
+
+
+@_kernel("in", "in", "out", "int", "int", "int", "int", "int", "int", "int")
+def _max_bwd_planar(nt, go, indices, gi, Do, Ho, Wo, D, H, W, R):
+    for t in prange(nt):
+        _max_bwd_planar_part(np.int64(t), nt, go, indices, gi, Do, Ho, Wo, D, H, W, R)
+
+
+@njit(error_model="numpy")
+def _max_bwd_planar_part(t, nt, go, indices, gi, Do, Ho, Wo, D, H, W, R):
+    """One work item per slab of ``R`` input rows of a plane, summed in an L1-sized buffer:
+    every output cell that may cover the slab adds its gradient at its index when that falls
+    in the slab, in output order (the order of the SPEC's loop), then the slab is stored."""
+    P = gi.shape[0]
+    slabs = (D * H + R - 1) // R
+    cds, cde = _bounds(Do, D)
+    chs, che = _bounds(Ho, H)
+    buf = np.empty(R * W, np.float64)
+    first, last = _chunk(t, P * slabs, nt)
+    _, _, p, s = _unravel(first, 1, P, slabs)
+    for _ in range(first, last):
+        r0 = s * R
+        r1 = min(r0 + R, D * H)
+        lo, m = r0 * W, (r1 - r0) * W
+        buf[:m] = 0.0
+        if m == D * H * W:  # the slab is the plane: every index falls in it (validated)
+            g, ix = go[p], indices[p]
+            for o in range(len(g)):
+                buf[ix[o]] += g[o]
+        else:
+            da, db = r0 // H, (r1 - 1) // H
+            oh0, oh1 = 0, Ho
+            if da == db:
+                oh0, oh1 = chs[r0 - da * H], che[r1 - 1 - da * H]
+            for od in range(cds[da], cde[db]):
+                for oh in range(oh0, oh1):
+                    cells = slice((od * Ho + oh) * Wo, (od * Ho + oh + 1) * Wo)
+                    g, ix = go[p, cells], indices[p, cells]
+                    for ow in range(Wo):
+                        j = ix[ow] - lo
+                        if 0 <= j < m:
+                            buf[j] += g[ow]
+        dst = gi[p, lo : lo + m]
+        for j in range(m):
+            dst[j] = buf[j]
+        _, _, p, s = _next(0, 0, p, s, 1, P, slabs)
+
+
+# ---------------------------------------------------------- backward, channels-last layout
+
+
+@_kernel("in", "out", "int", "int", "int", "int", "int", "int", "int")
+def _avg_bwd_cl(nt, go, gi, N, Do, Ho, Wo, D, H, W):
+    for t in prange(nt):
+        _avg_bwd_cl_part(np.int64(t), nt, go, gi, N, Do, Ho, Wo, D, H, W)
+
+
+@njit(error_model="numpy")
+def _avg_bwd_cl_part(t, nt, go, gi, N, Do, Ho, Wo, D, H, W):
+    """``go``: (N*Do*Ho*Wo, C), ``gi``: (N*D*H*W, C); one work item per input row ``(n, d, h)``.
+
+    ``acc`` holds the row of output cells covering the current input row, pre-divided by
+    their window sizes; it is rebuilt only when those cells change. Along W, a run of
+    positions covered by the same cells gets one vector of values.
+    """
+    C = gi.shape[1]
+    ds, de = _bounds(D, Do)
+    hs, he = _bounds(H, Ho)
+    ws, we = _bounds(W, Wo)
+    cds, cde = _bounds(Do, D)
+    chs, che = _bounds(Ho, H)
+    starts, cfirst, cend = _runs(W, Wo)
+    acc = np.empty((Wo, C), np.float64)
+    col = np.empty(C, np.float64)
+    key = (-1, -1, -1, -1, -1)
+    first, last = _chunk(t, N * D * H, nt)
+    _, n, d, h = _unravel(first, N, D, H)
+    for _ in range(first, last):
+        if (n, cds[d], cde[d], chs[h], che[h]) != key:
+            key = (n, cds[d], cde[d], chs[h], che[h])
+            acc[:, :] = 0.0
+            for od in range(cds[d], cde[d]):
+                for oh in range(chs[h], che[h]):
+                    size = (de[od] - ds[od]) * (he[oh] - hs[oh])
+                    base = ((n * Do + od) * Ho + oh) * Wo
+                    for ow in range(Wo):
+                        g, a = go[base + ow], acc[ow]
+                        weight = 1.0 / (size * (we[ow] - ws[ow]))
+                        for c in range(C):
+                            a[c] += g[c] * weight
+        base = ((n * D + d) * H + h) * W
+        for r in range(len(cfirst)):
+            col[:] = 0.0
+            for ow in range(cfirst[r], cend[r]):
+                a = acc[ow]
+                for c in range(C):
+                    col[c] += a[c]
+            for w in range(starts[r], starts[r + 1]):
+                dst = gi[base + w]
+                for c in range(C):
+                    dst[c] = col[c]
+        _, n, d, h = _next(0, n, d, h, N, D, H)
+
+
+@_kernel("in", "in", "out", "int", "int", "int", "int", "int", "int", "int")
+def _max_bwd_cl(nt, go, indices, gi, N, Do, Ho, Wo, D, H, W):
+    for t in prange(nt):
+        _max_bwd_cl_part(np.int64(t), nt, go, indices, gi, N, Do, Ho, Wo, D, H, W)
+
+
+@njit(error_model="numpy")
+def _max_bwd_cl_part(t, nt, go, indices, gi, N, Do, Ho, Wo, D, H, W):
+    """One work item per input row ``(n, d, h)``; each element sums, in output order, the
+    gradients of the covering cells whose index is its own position (a select: vectorises
+    across channels)."""
+    C = gi.shape[1]
+    cds, cde = _bounds(Do, D)
+    chs, che = _bounds(Ho, H)
+    cws, cwe = _bounds(Wo, W)
+    col = np.empty(C, np.float64)
+    first, last = _chunk(t, N * D * H, nt)
+    _, n, d, h = _unravel(first, N, D, H)
+    for _ in range(first, last):
+        base = ((n * D + d) * H + h) * W
+        for w in range(W):
+            flat = (d * H + h) * W + w
+            col[:] = 0.0
+            for od in range(cds[d], cde[d]):
+                for oh in range(chs[h], che[h]):
+                    for ow in range(cws[w], cwe[w]):
+                        cell = ((n * Do + od) * Ho + oh) * Wo + ow
+                        g, ix = go[cell], indices[cell]
+                        for c in range(C):
+                            col[c] += g[c] if ix[c] == flat else 0.0
+            dst = gi[base + w]
+            for c in range(C):
+                dst[c] = col[c]
+        _, n, d, h = _next(0, n, d, h, N, D, H)
+
+
+# ------------------------------------------------------------------------------ layouts
+
+
+def _planar(a):
+    """``a`` (N, C, D, H, W) as a C-contiguous (N*C, D*H*W) view, or None."""
+    if a.flags.c_contiguous and a.flags.aligned:
+        n, c, d, h, w = a.shape
+        return a.reshape(n * c, d * h * w)
+    return None
+
+
+def _channels_last(a):
+    """``a`` (N, C, D, H, W) as a C-contiguous (N*D*H*W, C) view, or None."""
+    t = np.moveaxis(a, 1, -1)
+    if t.flags.c_contiguous and t.flags.aligned:
+        n, d, h, w, c = t.shape
+        return t.reshape(n * d * h * w, c)
+    return None
+
+
+def _planar_copy(a):
+    """A fresh copy: aligned too (np.ascontiguousarray keeps an unaligned contiguous array,
+    as unpickled buffers can be)."""
+    n, c, d, h, w = a.shape
+    return np.array(a, order="C").reshape(n * c, d * h * w)
+
+
+def _channels_last_copy(a):
+    n, c, d, h, w = a.shape
+    return np.array(np.moveaxis(a, 1, -1), order="C").reshape(n * d * h * w, c)
+
+
+#: Fewer channels than this run the planar kernels, through a copy if need be: the
+#: channels-last kernels vectorise across channels, and a handful leaves nothing to vectorise.
+_MIN_CL_CHANNELS = 8
+
+
+def _is_channels_last(a):
+    return a.shape[1] >= _MIN_CL_CHANNELS and a.strides[1] == a.itemsize
+
+
+def _pick_layout(a):
+    """``(channels_last, 2-D view)`` of an input, in the layout its strides suggest; a copy
+    only when it is not contiguous in that layout.
+
+    The choice depends on the channel stride, not on which layouts happen to be contiguous
+    (both are, with one channel): average sums are added in a different order in each layout,
+    and a chunk of an array (dask) must get the same bits as the whole array.
+    """
+    if _is_channels_last(a):
+        view = _channels_last(a)
+        return True, view if view is not None else _channels_last_copy(a)
+    view = _planar(a)
+    return False, view if view is not None else _planar_copy(a)
+
+
+def _as_layout(a, channels_last):
+    """An input-side array (grad_output, indices) in the given layout (a copy if needed)."""
+    if channels_last:
+        view = _channels_last(a)
+        return view if view is not None else _channels_last_copy(a)
+    view = _planar(a)
+    return view if view is not None else _planar_copy(a)
+
+
+def _writable(out):
+    """``out`` itself, or an aligned temporary to copy back (numba needs aligned arrays)."""
+    return out if out.flags.aligned else np.empty(out.shape, out.dtype)
+
+
+def _channel_block(x, out):
+    """Channels per work item of the channels-last forward kernels: all, unless that leaves
+    too few items to share among threads."""
+    n, c = x.shape[:2]
+    cells = n * out.shape[2] * out.shape[3] * out.shape[4]
+    threads = get_num_threads()
+    if cells >= 4 * threads or c <= 64:
+        return c
+    blocks = min(-(-4 * threads // cells), -(-c // 64))
+    return -(-c // blocks)
+
+
+def _position_type(x):
+    """Positions are scanned in the value's width (int32 for float32) when they fit."""
+    _, _, d, h, w = x.shape
+    small = x.itemsize == 4 and d * h * w < 2**31
+    return np.empty(0, np.int32 if small else np.int64)
+
+
+# ---------------------------------------------------------------------------- interface
+
+
+def avg_forward(x, out):
+    """``out[n, c, od, oh, ow]`` = mean of the window of ``x`` (float64 sums)."""
+    target = _writable(out)
+    channels_last, xv = _pick_layout(x)
+    n, c, d, h, w = x.shape
+    work = x.size + out.size
+    if channels_last:
+        cb = _channel_block(x, out)
+        _avg_fwd_cl(work, xv.reshape(-1), target, d, h, w, cb)
+    else:
+        _avg_fwd_planar(work, xv, target, d, h, w)
+    if target is not out:
+        out[...] = target
+
+
+def max_forward(x, out, indices):
+    """Window maximum (SPEC rules for ties, NaN, -inf) and its flat position in the plane."""
+    target, itarget = _writable(out), _writable(indices)
+    channels_last, xv = _pick_layout(x)
+    n, c, d, h, w = x.shape
+    work = x.size + 2 * out.size
+    if channels_last:
+        cb = _channel_block(x, out)
+        _max_fwd_cl(work, xv.reshape(-1), target, itarget, _position_type(x), d, h, w, cb)
+    else:
+        _max_fwd_planar(work, xv, target, itarget, _position_type(x), d, h, w)
+    if target is not out:
+        out[...] = target
+    if itarget is not indices:
+        indices[...] = itarget
+
+
+def _backward(kind, inputs, grad_input):
+    """Run the kernel of ``grad_input``'s layout (through a temporary for other strides).
+    Both layouts give the same bits: sums run over the same terms in the same order."""
+    n, c, d, h, w = grad_input.shape
+    _, _, do, ho, wo = inputs[0].shape
+    work = grad_input.size + len(inputs) * inputs[0].size
+    channels_last = _is_channels_last(grad_input)
+    view = _channels_last(grad_input) if channels_last else _planar(grad_input)
+    target = view
+    if view is None:
+        target = np.empty((n, d, h, w, c) if channels_last else (n, c, d, h, w), grad_input.dtype)
+        target = target.reshape(-1, c) if channels_last else target.reshape(n * c, -1)
+    args = [_as_layout(a, channels_last) for a in inputs]
+    if channels_last:
+        kernel = _avg_bwd_cl if kind == "avg" else _max_bwd_cl
+        kernel(work, *args, target, n, do, ho, wo, d, h, w)
+    elif kind == "avg":
+        _avg_bwd_planar(work, *args, target, do, ho, wo, d, h, w)
+    else:
+        rows = max(1, min(_SLAB // w, d * h))
+        _max_bwd_planar(work, *args, target, do, ho, wo, d, h, w, rows)
+    if view is None:
+        if channels_last:
+            grad_input[...] = np.moveaxis(target.reshape(n, d, h, w, c), -1, 1)
+        else:
+            grad_input[...] = target.reshape(n, c, d, h, w)
+
+
+#: Elements per slab of the planar max backward: its float64 buffer stays in L1.
+_SLAB = 2048
+
+
+def avg_backward(grad_output, grad_input):
+    """``grad_input[x]`` = sum over windows containing x of ``grad_output[w] / size(w)``."""
+    _backward("avg", [grad_output], grad_input)
+
+
+def max_backward(grad_output, indices, grad_input):
+    """``grad_input.plane[indices[o]] += grad_output[o]``, summed in output order."""
+    _backward("max", [grad_output, indices], grad_input)
