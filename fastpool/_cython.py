@@ -1,0 +1,179 @@
+"""The ``cython`` backend: OpenMP kernels compiled from ``src/_cy.pyx`` (see ``fastpool._host``).
+
+This module only picks, per call, the memory layout a kernel reads in place and the thread
+count; the loops live in the extension ``fastpool._cy``, or in its AVX2 build
+``fastpool._cy_avx2`` when the CPU has AVX2 (``FASTPOOL_DISABLE_AVX2=1`` keeps the baseline).
+Importing this module without the compiled extension raises ``ModuleNotFoundError`` for
+``fastpool._cy``, which the registry reports as "the Cython extension is not compiled".
+
+Layouts read and written in place (no copy): arrays whose rows are contiguous (``W`` stride 1,
+e.g. C order) and channels-last arrays (channel stride 1: ``(N, H, W, C)`` data or PyTorch's
+``channels_last`` tensors through ``.numpy()``). Any other strides cost one copy.
+
+Threads: :func:`set_num_threads` sets a fastpool-wide count; by default the kernels use
+OpenMP's (``OMP_NUM_THREADS``, else the number of CPUs; ``threadpoolctl`` limits apply too).
+Results do not depend on the thread count. As with any OpenMP program, do not ``fork()`` a
+process that has run kernels and use OpenMP in the child: use the ``spawn`` or
+``forkserver`` start methods.
+"""
+
+from __future__ import annotations
+
+import importlib
+import operator
+import os
+
+import numpy as np
+
+# Raises ModuleNotFoundError naming fastpool._cy when the extension is not built (the
+# registry turns that into "not compiled"; `from . import _cy` would raise a bare ImportError).
+_baseline = importlib.import_module("fastpool._cy")
+
+
+def _pick_build():
+    """The AVX2 build when this CPU runs it (unless FASTPOOL_DISABLE_AVX2=1), else the baseline."""
+    if os.environ.get("FASTPOOL_DISABLE_AVX2", "").strip().lower() in ("1", "true", "yes", "on"):
+        return _baseline
+    if not _baseline.cpu_has_avx2():
+        return _baseline
+    try:
+        return importlib.import_module("fastpool._cy_avx2")
+    except ImportError:  # not built (non-x86, or the compiler lacked AVX2 support)
+        return _baseline
+
+
+_cy = _pick_build()
+
+NATIVE_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+#: True when the extension was built with OpenMP (else it runs on one thread).
+OPENMP: bool = bool(_cy.OPENMP)
+
+# Below this many elements touched, starting a thread team costs more than it saves.
+_SERIAL_BELOW = 1 << 15
+
+_num_threads: int | None = None
+
+
+def set_num_threads(n: int | None) -> None:
+    """Use ``n`` threads in the Cython kernels (``None``: back to OpenMP's default)."""
+    global _num_threads
+    if n is None:
+        _num_threads = None
+        return
+    n = operator.index(n)
+    if n < 1:
+        raise ValueError(f"the number of threads must be at least 1; got {n}")
+    _num_threads = n
+
+
+def get_num_threads() -> int:
+    """Threads a large call uses now: :func:`set_num_threads`'s value, else OpenMP's default."""
+    if not OPENMP:
+        return 1
+    return _num_threads if _num_threads is not None else max(1, _cy.max_threads())
+
+
+def describe() -> str:
+    """One line for ``python -m fastpool info``."""
+    simd = f"{_cy.SIMD} kernels"
+    if not OPENMP:
+        return f"OpenMP: no (serial build), 1 thread, {simd}"
+    source = (
+        "set_num_threads"
+        if _num_threads is not None
+        else ("OMP_NUM_THREADS" if os.environ.get("OMP_NUM_THREADS") else "CPU count")
+    )
+    return f"OpenMP: yes, {get_num_threads()} threads ({source}), {simd}"
+
+
+def _threads(work: int) -> int:
+    return 1 if work < _SERIAL_BELOW else get_num_threads()
+
+
+def _layout(a: np.ndarray) -> str:
+    """'planar' (rows contiguous), 'channels_last' (channel stride 1) or 'other' (5-D view)."""
+    w = a.shape[4]
+    _, sc, _, _, sw = a.strides
+    # Channel stride 1 first, whatever C is: a one-channel slice of (N, ..., C) data must take
+    # the kernel its whole array takes (dask chunks are compared bit for bit with the
+    # in-memory result, and the two kernels add in different orders).
+    if sc == a.itemsize:
+        return "channels_last"
+    if sw == a.itemsize or w == 1:
+        return "planar"
+    return "other"
+
+
+def _empty(shape, dtype, channels_last: bool) -> np.ndarray:
+    """A new 5-D array, C order or channels-last (its memory ordered N, D, H, W, C)."""
+    if not channels_last:
+        return np.empty(shape, dtype)
+    n, c, d, h, w = shape
+    return np.moveaxis(np.empty((n, d, h, w, c), dtype), -1, 1)
+
+
+def _prepare(a: np.ndarray, copy_in: bool) -> tuple[np.ndarray, bool]:
+    """The array a kernel works on for ``a`` (itself, or one copy/stand-in), and whether it
+    is channels-last.
+
+    Kernels address whole elements: NumPy's "aligned" flag says the data pointer and the
+    strides are multiples of the item size. An unaligned array (dask's distributed workers
+    hand out such chunks) is copied in its own layout, which keeps the kernel, and so the
+    bits, of the in-memory call; strides no kernel reads in place get a C-order copy.
+    """
+    layout = _layout(a)
+    if a.flags.aligned and layout != "other":
+        return a, layout == "channels_last"
+    channels_last = layout == "channels_last"
+    b = _empty(a.shape, a.dtype, channels_last)
+    if copy_in:
+        b[...] = a
+    return b, channels_last
+
+
+def _aligned(a: np.ndarray) -> np.ndarray:
+    """``a`` itself if aligned (any strides: only read through them), else a C-order copy."""
+    return a if a.flags.aligned else np.array(a, order="C")  # a new array is aligned
+
+
+def _checked_out(a: np.ndarray) -> np.ndarray:
+    # Outputs are written through their strides; only unaligned ones need a stand-in.
+    return a if a.flags.aligned else np.empty(a.shape, a.dtype)
+
+
+def avg_forward(x: np.ndarray, out: np.ndarray) -> None:
+    x, channels_last = _prepare(x, copy_in=True)
+    o = _checked_out(out)
+    _cy.avg_forward(x, o, channels_last, _threads(x.size + o.size))
+    if o is not out:
+        out[...] = o
+
+
+def max_forward(x: np.ndarray, out: np.ndarray, indices: np.ndarray) -> None:
+    x, channels_last = _prepare(x, copy_in=True)
+    if channels_last and x.dtype == np.float32 and x[0, 0].size >= 2**31:
+        # that kernel keeps float32 positions in int32; a plane this large goes planar
+        x, channels_last = np.array(x, order="C"), False
+    o, i = _checked_out(out), _checked_out(indices)
+    _cy.max_forward(x, o, i, channels_last, _threads(x.size + o.size))
+    if o is not out:
+        out[...] = o
+    if i is not indices:
+        indices[...] = i
+
+
+def avg_backward(grad_output: np.ndarray, grad_input: np.ndarray) -> None:
+    gi, channels_last = _prepare(grad_input, copy_in=False)
+    g = _aligned(grad_output)
+    _cy.avg_backward(g, gi, channels_last, _threads(gi.size + g.size))
+    if gi is not grad_input:
+        grad_input[...] = gi
+
+
+def max_backward(grad_output: np.ndarray, indices: np.ndarray, grad_input: np.ndarray) -> None:
+    gi, channels_last = _prepare(grad_input, copy_in=False)
+    g, i = _aligned(grad_output), _aligned(indices)
+    _cy.max_backward(g, i, gi, channels_last, _threads(gi.size + g.size))
+    if gi is not grad_input:
+        grad_input[...] = gi

@@ -1,0 +1,1025 @@
+# Kernels of the ``cython`` backend, included by src/_cy.pyx and src/_cy_avx2.pyx
+# (mirrors fastpool/_numpy.py; twin of fastpool/_numba.py). See src/_cy.pyx for the design.
+
+cimport cython
+from cython cimport floating
+from cython.parallel cimport prange, threadid
+from libc.math cimport INFINITY
+from libc.stdint cimport int32_t, int64_t
+from libc.stdlib cimport free, malloc
+from libc.string cimport memset
+
+
+cdef extern from "_simd.h" nogil:
+    const char* FP_SIMD_NAME
+    int fp_cpu_has_avx2()
+    void fp_add_float(float* dst, const float* src, Py_ssize_t n)
+    void fp_add_double(double* dst, const double* src, Py_ssize_t n)
+    void fp_add_positions_float(float* acc, const float* base, Py_ssize_t npos,
+                                Py_ssize_t stride, Py_ssize_t nc)
+    void fp_add_positions_double(double* acc, const double* base, Py_ssize_t npos,
+                                 Py_ssize_t stride, Py_ssize_t nc)
+    void fp_transpose_float(float* dst, Py_ssize_t dstride, const float* src, Py_ssize_t sstride,
+                            Py_ssize_t rows, Py_ssize_t cols)
+    void fp_transpose_double(double* dst, Py_ssize_t dstride, const double* src,
+                             Py_ssize_t sstride, Py_ssize_t rows, Py_ssize_t cols)
+    void fp_transpose_i64(int64_t* dst, Py_ssize_t dstride, const int64_t* src,
+                          Py_ssize_t sstride, Py_ssize_t rows, Py_ssize_t cols)
+    void fp_scatter_rows_float(float* base, const float* gp, Py_ssize_t sc, const int64_t* ip,
+                               Py_ssize_t ic, Py_ssize_t nc, int64_t lo, int64_t hi,
+                               Py_ssize_t bw)
+    void fp_scatter_rows_double(double* base, const double* gp, Py_ssize_t sc,
+                                const int64_t* ip, Py_ssize_t ic, Py_ssize_t nc, int64_t lo,
+                                int64_t hi, Py_ssize_t bw)
+    void fp_argmax_float(const float* p, Py_ssize_t kd, Py_ssize_t kh, Py_ssize_t kw,
+                         Py_ssize_t sd, Py_ssize_t sh, Py_ssize_t* run, Py_ssize_t* col)
+    void fp_argmax_double(const double* p, Py_ssize_t kd, Py_ssize_t kh, Py_ssize_t kw,
+                          Py_ssize_t sd, Py_ssize_t sh, Py_ssize_t* run, Py_ssize_t* col)
+
+cdef extern from "_omp_compat.h":
+    const int FASTPOOL_OPENMP
+    int omp_get_max_threads() noexcept nogil
+
+#: True when the extension was compiled with OpenMP (setup.py probes the compiler).
+OPENMP = bool(FASTPOOL_OPENMP)
+#: The vector instructions this build targets: "avx2", "sse2" or "scalar".
+SIMD = FP_SIMD_NAME.decode()
+
+
+def cpu_has_avx2():
+    """True when this CPU (and OS) can run the AVX2 build, ``fastpool._cy_avx2``."""
+    return bool(fp_cpu_has_avx2())
+
+
+def max_threads():
+    """OpenMP's default team size here (``OMP_NUM_THREADS`` or the CPU count; 1 if serial)."""
+    return omp_get_max_threads()
+
+
+# Shapes and strides (in elements) of one call. "big" is the input-sized array (x or
+# grad_input), "small" the output-sized one (out or grad_output), "idx" the max indices.
+ctypedef struct Geom:
+    Py_ssize_t n, c, d, h, w
+    Py_ssize_t od, oh, ow
+    Py_ssize_t bn, bc, bd, bh, bw
+    Py_ssize_t sn, sc, sd, sh, sw
+    Py_ssize_t in_, ic, id, ih, iw
+    Py_ssize_t ncb, cbs   # channel blocks (channels-last tasks): count and size
+    Py_ssize_t ohb, nohb  # output rows per channels-last forward task, and their count
+    Py_ssize_t ipt, nib   # planar tasks: items (rows) per task, and tasks per plane
+
+
+# ------------------------------------------------------------------------- the window formula
+
+cdef inline void _window(Py_ssize_t i, Py_ssize_t size_in, Py_ssize_t size_out,
+                         Py_ssize_t* start, Py_ssize_t* end) noexcept nogil:
+    # SPEC "Windows": cell i covers [floor(i*I/O), ceil((i+1)*I/O)), in exact int64 arithmetic.
+    # Called with I and O swapped it is the reverse map: the output cells covering element i.
+    start[0] = (i * size_in) // size_out
+    end[0] = ((i + 1) * size_in + size_out - 1) // size_out
+
+
+cdef void _fill_windows(Py_ssize_t* t, Py_ssize_t size_in, Py_ssize_t size_out) noexcept nogil:
+    """``t[2*i], t[2*i+1]`` = (start, end) of every output cell i of one axis."""
+    cdef Py_ssize_t i
+    for i in range(size_out):
+        _window(i, size_in, size_out, &t[2 * i], &t[2 * i + 1])
+
+
+cdef Py_ssize_t _fill_cover_runs(Py_ssize_t* t, Py_ssize_t size_in,
+                                 Py_ssize_t size_out) noexcept nogil:
+    """Rows ``t[4*r:4*r+4]`` = (begin, end, lo, hi): input elements [begin, end) are covered by
+    the output cells [lo, hi). Returns the number of rows (at most size_in).
+
+    The reverse map is monotonic, so elements with the same covering cells form runs; the
+    gather backward computes one value (or one row) per run and repeats it.
+    """
+    cdef Py_ssize_t x, lo, hi, r = 0
+    for x in range(size_in):
+        _window(x, size_out, size_in, &lo, &hi)
+        if r > 0 and lo == t[4 * r - 2] and hi == t[4 * r - 1]:
+            t[4 * r - 3] = x + 1
+        else:
+            t[4 * r] = x
+            t[4 * r + 1] = x + 1
+            t[4 * r + 2] = lo
+            t[4 * r + 3] = hi
+            r = r + 1
+    return r
+
+
+cdef inline Py_ssize_t _per_thread(Py_ssize_t n) noexcept nogil:
+    # Each thread's share of a scratch block, in elements of 8 bytes or less, rounded up to
+    # 128 bytes: threads writing neighbouring scratch in one cache line (or an adjacent-line
+    # prefetch pair) would slow each other down many times over.
+    return (n + 31) // 32 * 32
+
+
+cdef void* _alloc(size_t nbytes) except NULL:
+    # Tables and per-thread scratch of one call: plain malloc, cheaper than NumPy arrays for
+    # the small calls where the fixed cost shows. Freed by the caller (try/finally).
+    cdef void* p = malloc(nbytes if nbytes > 0 else 1)
+    if p == NULL:
+        raise MemoryError(f"fastpool: cannot allocate {nbytes} bytes of scratch")
+    return p
+
+
+# ------------------------------------------------------------------------- small helpers
+
+cdef inline floating _sum(const floating* p, Py_ssize_t n) noexcept nogil:
+    # Sixteen independent partial sums (two AVX2 or four SSE2 registers once the compiler
+    # packs them): without -ffast-math it keeps a float sum in order, and one accumulator is
+    # bound by the add latency, not by memory. Deterministic: the order depends on n only.
+    cdef floating a[16]
+    cdef Py_ssize_t i = 0, j
+    if n <= 8:  # short windows (small or upsampled inputs): the plain chain is shortest
+        a[0] = p[0]
+        for i in range(1, n):
+            a[0] = a[0] + p[i]
+        return a[0]
+    for j in range(16):
+        a[j] = 0
+    while i + 16 <= n:
+        for j in range(16):
+            a[j] = a[j] + p[i + j]
+        i = i + 16
+    while i + 4 <= n:
+        for j in range(4):
+            a[j] = a[j] + p[i + j]
+        i = i + 4
+    j = 0
+    while i < n:
+        a[j] = a[j] + p[i]
+        i = i + 1
+        j = j + 1
+    for j in range(8):
+        a[j] = a[j] + a[j + 8]
+    for j in range(4):
+        a[j] = a[j] + a[j + 4]
+    return (a[0] + a[1]) + (a[2] + a[3])
+
+
+cdef inline void _copy(floating* dst, const floating* src, Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t i
+    for i in range(n):
+        dst[i] = src[i]
+
+
+cdef inline void _copy_i64(int64_t* dst, const int64_t* src, Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t i
+    for i in range(n):
+        dst[i] = src[i]
+
+
+cdef inline void _add(floating* dst, const floating* src, Py_ssize_t n) noexcept nogil:
+    # dst never overlaps src here (a scratch buffer and the input)
+    if floating is float:
+        fp_add_float(dst, src, n)
+    else:
+        fp_add_double(dst, src, n)
+
+
+cdef inline void _add_rows(floating* dst, const floating* src, Py_ssize_t stride,
+                           Py_ssize_t count, Py_ssize_t n) noexcept nogil:
+    """``dst += src[k * stride : k * stride + n]`` for k = 0 .. count-1, in order. (Adding
+    four rows per pass, with one load and store of ``dst``, measured 1.6x slower on
+    224x224 planes: the plain loop keeps the hardware prefetcher ahead.)"""
+    cdef Py_ssize_t k
+    for k in range(count):
+        _add(dst, src + k * stride, n)
+
+
+cdef inline void _fill(floating* dst, floating v, Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t i
+    for i in range(n):
+        dst[i] = v
+
+
+cdef inline void _copy_strided(floating* dst, Py_ssize_t dstride, const floating* src,
+                               Py_ssize_t sstride, Py_ssize_t nvec,
+                               Py_ssize_t veclen) noexcept nogil:
+    """Copy ``nvec`` vectors of ``veclen`` contiguous elements (one channels-last row)."""
+    cdef Py_ssize_t i
+    if dstride == veclen and sstride == veclen:
+        _copy(dst, src, nvec * veclen)
+        return
+    for i in range(nvec):
+        _copy(dst + i * dstride, src + i * sstride, veclen)
+
+
+cdef inline void _task_threads(Py_ssize_t ntasks, int num_threads, int* nt) noexcept:
+    nt[0] = num_threads if ntasks >= num_threads else <int>max(ntasks, 1)
+
+
+cdef Geom _geom(const Py_ssize_t* big_shape, const Py_ssize_t* big_strides,
+                const Py_ssize_t* small_shape, const Py_ssize_t* small_strides,
+                Py_ssize_t itemsize) noexcept:
+    # Strides arrive in bytes; fastpool/_cython.py only passes itemsize multiples.
+    cdef Geom g
+    g.n, g.c, g.d, g.h, g.w = big_shape[0], big_shape[1], big_shape[2], big_shape[3], big_shape[4]
+    g.od, g.oh, g.ow = small_shape[2], small_shape[3], small_shape[4]
+    g.bn, g.bc = big_strides[0] // itemsize, big_strides[1] // itemsize
+    g.bd, g.bh = big_strides[2] // itemsize, big_strides[3] // itemsize
+    g.bw = big_strides[4] // itemsize
+    g.sn, g.sc = small_strides[0] // itemsize, small_strides[1] // itemsize
+    g.sd, g.sh = small_strides[2] // itemsize, small_strides[3] // itemsize
+    g.sw = small_strides[4] // itemsize
+    g.in_ = g.ic = g.id = g.ih = g.iw = 0
+    g.ncb, g.cbs = 1, g.c
+    g.ohb, g.nohb = 1, g.oh
+    g.ipt, g.nib = 1, 1
+    return g
+
+
+cdef void _set_index_strides(Geom* g, const Py_ssize_t* s) noexcept:
+    g.in_, g.ic, g.id, g.ih, g.iw = s[0] // 8, s[1] // 8, s[2] // 8, s[3] // 8, s[4] // 8
+
+
+cdef void _channel_blocks(Geom* g, Py_ssize_t outer, int num_threads):
+    # Channels-last tasks are (outer position, channel block). Split the channels only when
+    # the outer positions alone cannot keep every thread busy; blocks of >= 16 channels keep
+    # the inner loops vectorised and the blocks on separate cache lines.
+    cdef Py_ssize_t want = 4 * num_threads, ncb = 1, cbs = g.c
+    if num_threads > 1 and outer < want and g.c >= 32:
+        ncb = min((want + outer - 1) // outer, g.c // 16)
+        cbs = (g.c + ncb - 1) // ncb
+        cbs = (cbs + 15) // 16 * 16
+        ncb = (g.c + cbs - 1) // cbs
+    g.ncb, g.cbs = ncb, cbs
+
+
+cdef void _plane_blocks(Geom* g, Py_ssize_t items, int num_threads):
+    # Planar tasks are (plane, block of `items` per plane: output rows or input row runs).
+    # Whole planes when there are enough of them (no index arithmetic per row), else split
+    # each plane so that every thread gets work.
+    cdef Py_ssize_t planes = g.n * g.c, want = 8 * num_threads, nib = 1
+    if num_threads > 1 and planes < want:
+        nib = min(items, (want + planes - 1) // planes)
+    g.ipt = (items + nib - 1) // nib
+    g.nib = (items + g.ipt - 1) // g.ipt
+
+
+# ========================================================================= average forward
+
+cdef inline void _avg_fwd_row(const floating* xp, floating* op, floating* buf, Geom g,
+                              const Py_ssize_t* ww, Py_ssize_t d0, Py_ssize_t d1, Py_ssize_t h0,
+                              Py_ssize_t h1) noexcept nogil:
+    """One output row ``op[:]`` of one plane ``xp``. Rows of the window are first added into
+    a width-W buffer (contiguous, vectorised adds), then each output cell sums its columns."""
+    cdef Py_ssize_t nrows = (d1 - d0) * (h1 - h0), d, h, ow, w0, w1
+    cdef const floating* row
+    cdef floating s
+    if g.ow == 1 and (h1 - h0 == 1 or g.bh == g.w):
+        # The window spans whole rows that follow each other: one contiguous run per d.
+        s = 0
+        for d in range(d0, d1):
+            s = s + _sum(xp + d * g.bd + h0 * g.bh, (h1 - h0) * g.w)
+        op[0] = s / <floating>(nrows * g.w)
+        return
+    if nrows == 1:
+        row = xp + d0 * g.bd + h0 * g.bh
+    else:
+        _copy(buf, xp + d0 * g.bd + h0 * g.bh, g.w)
+        for d in range(d0, d1):
+            if d == d0:
+                _add_rows(buf, xp + d * g.bd + (h0 + 1) * g.bh, g.bh, h1 - h0 - 1, g.w)
+            else:
+                _add_rows(buf, xp + d * g.bd + h0 * g.bh, g.bh, h1 - h0, g.w)
+        row = buf
+    for ow in range(g.ow):
+        w0 = ww[2 * ow]
+        w1 = ww[2 * ow + 1]
+        op[ow * g.sw] = _sum(row + w0, w1 - w0) / <floating>(nrows * (w1 - w0))
+
+
+cdef void _fwd_planar(const floating* x, floating* out, int64_t* idx, floating* buf, Geom g,
+                      const Py_ssize_t* wd, const Py_ssize_t* wh, const Py_ssize_t* ww,
+                      bint is_max, Py_ssize_t task) noexcept nogil:
+    """Output rows [r0, r1) (flattened (od, oh)) of plane (n, c): avg or max."""
+    cdef Py_ssize_t b = task % g.nib, plane = task // g.nib
+    cdef Py_ssize_t c = plane % g.c, n = plane // g.c
+    cdef Py_ssize_t r = b * g.ipt, r1 = min(r + g.ipt, g.od * g.oh)
+    cdef Py_ssize_t od = r // g.oh, oh = r - (r // g.oh) * g.oh
+    cdef const floating* xp = x + n * g.bn + c * g.bc
+    cdef double* iota = NULL
+    cdef Py_ssize_t w
+    if is_max and floating is double and buf != NULL:
+        iota = <double*>(buf + 2 * g.w)
+        for w in range(g.w):
+            iota[w] = <double>w
+    while r < r1:
+        if is_max:
+            _max_fwd_row(xp, out + n * g.sn + c * g.sc + od * g.sd + oh * g.sh,
+                         idx + n * g.in_ + c * g.ic + od * g.id + oh * g.ih, g, ww,
+                         wd[2 * od], wd[2 * od + 1], wh[2 * oh], wh[2 * oh + 1],
+                         buf, <void*>(buf + g.w) if buf != NULL else NULL, iota)
+        else:
+            _avg_fwd_row(xp, out + n * g.sn + c * g.sc + od * g.sd + oh * g.sh, buf, g, ww,
+                         wd[2 * od], wd[2 * od + 1], wh[2 * oh], wh[2 * oh + 1])
+        r = r + 1
+        oh = oh + 1
+        if oh == g.oh:
+            oh = 0
+            od = od + 1
+
+
+cdef void _fwd_global(const floating* x, floating* out, int64_t* idx, Geom g, bint is_max,
+                      Py_ssize_t task) noexcept nogil:
+    """Planes [p0, p1) pooled to one value each, planes contiguous (global pooling, e.g. a
+    ResNet head): many planes per task and no per-row bookkeeping."""
+    cdef Py_ssize_t size = g.d * g.h * g.w, p = task * g.ipt, p1 = min(p + g.ipt, g.n * g.c)
+    cdef Py_ssize_t c = p % g.c, n = p // g.c, run, col
+    cdef const floating* xp
+    while p < p1:
+        xp = x + n * g.bn + c * g.bc
+        if is_max:
+            _argmax(xp, 1, 1, size, 0, 0, &run, &col)
+            out[n * g.sn + c * g.sc] = xp[col]
+            idx[n * g.in_ + c * g.ic] = col
+        else:
+            out[n * g.sn + c * g.sc] = _sum(xp, size) / <floating>size
+        p = p + 1
+        c = c + 1
+        if c == g.c:
+            c = 0
+            n = n + 1
+
+
+cdef bint _global_planes(Geom* g, int num_threads):
+    """True (and the task split) when every plane is contiguous and pools to one value."""
+    if not (g.od == 1 and g.oh == 1 and g.ow == 1 and (g.h == 1 or g.bh == g.w)
+            and (g.d == 1 or g.bd == g.h * g.w)):
+        return False
+    cdef Py_ssize_t planes = g.n * g.c, ntasks = min(planes, 16 * num_threads)
+    g.ipt = (planes + ntasks - 1) // ntasks
+    g.nib = (planes + g.ipt - 1) // g.ipt
+    return True
+
+
+cdef inline void _store_cl(floating* op, Geom g, const floating* buf, Py_ssize_t nh,
+                           Py_ssize_t nc) noexcept nogil:
+    """``op[c * sc + oh * sh + ow * sw] = buf[oh, ow, c]`` for a block of output rows. Walks
+    the output along its unit stride: a planar output (the default for a channels-last
+    input) gets runs along (oh, ow), not one cache line per channel and cell."""
+    cdef Py_ssize_t c, oh, ow, nw = g.ow
+    if g.sc == 1:
+        for oh in range(nh):
+            for ow in range(nw):
+                _copy(op + oh * g.sh + ow * g.sw, buf + (oh * nw + ow) * nc, nc)
+    elif g.sw == 1 and (nh == 1 or g.sh == nw):  # the block of cells is contiguous per channel
+        if floating is float:
+            fp_transpose_float(op, g.sc, buf, nc, nh * nw, nc)
+        else:
+            fp_transpose_double(op, g.sc, buf, nc, nh * nw, nc)
+    else:
+        for c in range(nc):
+            for oh in range(nh):
+                for ow in range(nw):
+                    op[c * g.sc + oh * g.sh + ow * g.sw] = buf[(oh * nw + ow) * nc + c]
+
+
+cdef void _cl_forward_blocks(Geom* g, int num_threads):
+    # A channels-last forward task computes a block of output rows into a buffer
+    # (rows x Wo x channels, <= 16K values) and stores it along the output's unit stride.
+    g.ohb = max(1, min(g.oh, 16384 // max(1, g.ow * g.c)))
+    g.nohb = (g.oh + g.ohb - 1) // g.ohb
+    _channel_blocks(g, g.n * g.od * g.nohb, num_threads)
+
+
+cdef void _avg_fwd_cl(const floating* x, floating* out, floating* buf, Geom g,
+                      const Py_ssize_t* wd, const Py_ssize_t* wh, const Py_ssize_t* ww,
+                      Py_ssize_t task) noexcept nogil:
+    """Output rows ``out[n, c0:c1, od, oh0:oh1, :]`` of a channels-last input (channel stride
+    1): each window element adds its vector of channels into an accumulator in L1."""
+    cdef Py_ssize_t cb = task % g.ncb, t = task // g.ncb
+    cdef Py_ssize_t hb = t % g.nohb
+    t = t // g.nohb
+    cdef Py_ssize_t od = t % g.od, n = t // g.od
+    cdef Py_ssize_t c0 = cb * g.cbs, nc = min(g.cbs, g.c - c0), c
+    cdef Py_ssize_t oh0 = hb * g.ohb, oh1 = min(g.oh, oh0 + g.ohb), oh
+    cdef Py_ssize_t d0 = wd[2 * od], d1 = wd[2 * od + 1], h0, h1
+    cdef Py_ssize_t d, h, w, ow, w0, w1, cell
+    cdef const floating* xp = x + n * g.bn + c0
+    cdef const floating* row
+    cdef floating* acc
+    cdef floating cnt
+    cell = 0
+    for oh in range(oh0, oh1):
+        h0 = wh[2 * oh]
+        h1 = wh[2 * oh + 1]
+        for ow in range(g.ow):
+            w0 = ww[2 * ow]
+            w1 = ww[2 * ow + 1]
+            acc = buf + cell * nc
+            for c in range(nc):
+                acc[c] = 0
+            for d in range(d0, d1):
+                for h in range(h0, h1):
+                    if nc > 32:  # longer vectors: no chain to break, one pass per position
+                        _add_rows(acc, xp + d * g.bd + h * g.bh + w0 * g.bw, g.bw, w1 - w0, nc)
+                    elif floating is float:
+                        fp_add_positions_float(acc, xp + d * g.bd + h * g.bh + w0 * g.bw,
+                                               w1 - w0, g.bw, nc)
+                    else:
+                        fp_add_positions_double(acc, xp + d * g.bd + h * g.bh + w0 * g.bw,
+                                                w1 - w0, g.bw, nc)
+            cnt = <floating>((d1 - d0) * (h1 - h0) * (w1 - w0))
+            for c in range(nc):
+                acc[c] = acc[c] / cnt
+            cell = cell + 1
+    _store_cl(out + n * g.sn + c0 * g.sc + od * g.sd + oh0 * g.sh, g, buf, oh1 - oh0, nc)
+
+
+def avg_forward(const floating[:, :, :, :, :] x, floating[:, :, :, :, :] out,
+                bint channels_last, int num_threads):
+    """``out`` = window means of ``x`` (rows contiguous, or channel stride 1 if channels_last)."""
+    cdef Geom g = _geom(&x.shape[0], &x.strides[0], &out.shape[0],
+                        &out.strides[0], sizeof(floating))
+    cdef Py_ssize_t task, ntasks, bufsize
+    cdef int nt
+    cdef const floating* xp = &x[0, 0, 0, 0, 0]
+    cdef floating* op = &out[0, 0, 0, 0, 0]
+    cdef floating* scratch = NULL
+    cdef Py_ssize_t* wd = <Py_ssize_t*>_alloc(2 * (g.od + g.oh + g.ow) * sizeof(Py_ssize_t))
+    cdef Py_ssize_t* wh = wd + 2 * g.od
+    cdef Py_ssize_t* ww = wh + 2 * g.oh
+    try:
+        _fill_windows(wd, g.d, g.od)
+        _fill_windows(wh, g.h, g.oh)
+        _fill_windows(ww, g.w, g.ow)
+        if channels_last:
+            _cl_forward_blocks(&g, num_threads)
+            ntasks = g.n * g.od * g.nohb * g.ncb
+            bufsize = _per_thread(g.cbs * g.ow * g.ohb)
+        elif _global_planes(&g, num_threads):
+            _task_threads(g.nib, num_threads, &nt)
+            for task in prange(g.nib, nogil=True, schedule='static', num_threads=nt):
+                _fwd_global(xp, op, NULL, g, False, task)
+            return
+        else:
+            _plane_blocks(&g, g.od * g.oh, num_threads)
+            ntasks = g.n * g.c * g.nib
+            bufsize = _per_thread(g.w)
+        _task_threads(ntasks, num_threads, &nt)
+        scratch = <floating*>_alloc(nt * bufsize * sizeof(floating))
+        if channels_last:
+            for task in prange(ntasks, nogil=True, schedule='static', num_threads=nt):
+                _avg_fwd_cl(xp, op, scratch + threadid() * bufsize, g, wd, wh, ww, task)
+        else:
+            for task in prange(ntasks, nogil=True, schedule='static', num_threads=nt):
+                _fwd_planar(xp, op, NULL, scratch + threadid() * bufsize, g, wd, wh, ww,
+                            False, task)
+    finally:
+        free(wd)
+        free(scratch)
+
+
+# ========================================================================= max forward
+
+cdef inline void _argmax(const floating* p, Py_ssize_t kd, Py_ssize_t kh, Py_ssize_t kw,
+                         Py_ssize_t sd, Py_ssize_t sh, Py_ssize_t* run,
+                         Py_ssize_t* col) noexcept nogil:
+    if floating is float:
+        fp_argmax_float(p, kd, kh, kw, sd, sh, run, col)
+    else:
+        fp_argmax_double(p, kd, kh, kw, sd, sh, run, col)
+
+
+ctypedef fused position:
+    # Plane positions kept in a type as wide as the data, so that the select below
+    # vectorises (SSE2 has no float32 -> int64 blend): int32 for float32 (the Python side
+    # only sends planes under 2**31 elements here), float64 (exact below 2**53) for float64.
+    int32_t
+    double
+
+
+cdef inline void _max_update(floating* m, position* k, const floating* v, position pos,
+                             Py_ssize_t nc) noexcept nogil:
+    # Loads before the select, so that the compiler can if-convert and vectorise.
+    cdef Py_ssize_t c
+    cdef floating vc, mc
+    cdef position kc
+    cdef bint take
+    for c in range(nc):
+        vc = v[c]
+        mc = m[c]
+        kc = k[c]
+        take = (vc > mc) | (vc != vc)
+        m[c] = vc if take else mc
+        k[c] = pos if take else kc
+
+
+cdef inline void _max_update_row(floating* m, position* k, const floating* v, position pos0,
+                                 const double* iota, Py_ssize_t n) noexcept nogil:
+    """Like _max_update for one row of a plane: element w sits at plane position pos0 + w.
+    ``iota[w] = w`` for double positions (no vector int64 -> double conversion in AVX2)."""
+    cdef Py_ssize_t w
+    cdef floating vw, mw
+    cdef position kw, here
+    cdef bint take
+    for w in range(n):
+        vw = v[w]
+        mw = m[w]
+        kw = k[w]
+        if position is double:
+            here = pos0 + iota[w]
+        else:
+            here = pos0 + <position>w
+        take = (vw > mw) | (vw != vw)
+        m[w] = vw if take else mw
+        k[w] = here if take else kw
+
+
+cdef inline bint _better(floating v, position i, floating bv, position bi) noexcept nogil:
+    """Does candidate (v, i) win against the best (bv, bi) so far, whatever order the
+    candidates come in? A NaN beats numbers and the later NaN wins; else the larger value,
+    then the earlier position. For i > bi this is SPEC's "v > maxval or isnan(v)"."""
+    if v != v:
+        return bv == bv or i > bi
+    if bv != bv:
+        return False
+    return v > bv or (v == bv and i < bi)
+
+
+cdef inline void _max_fwd_row(const floating* xp, floating* op, int64_t* ip, Geom g,
+                              const Py_ssize_t* ww, Py_ssize_t d0, Py_ssize_t d1, Py_ssize_t h0,
+                              Py_ssize_t h1, floating* colv, void* colk,
+                              const double* iota) noexcept nogil:
+    """One output row ``op[:]``/``ip[:]`` of one plane ``xp``: SPEC's max rule per window.
+
+    Windows of several rows: first the running maximum of every column over the window's
+    rows (in scan order, vectorised along the row), then per output cell the best of its
+    columns by (value, position) -- see _better. Else the two-pass search of _simd.h."""
+    cdef Py_ssize_t hw = g.h * g.w, kd = d1 - d0, kh = h1 - h0, ow, w0, w1, w, run, col, dd, hh
+    cdef Py_ssize_t d, h, pos
+    cdef const floating* wp = xp + d0 * g.bd + h0 * g.bh
+    cdef int32_t* k32 = <int32_t*>colk
+    cdef double* k64 = <double*>colk
+    cdef floating bv
+    cdef int32_t bi32
+    cdef double bi64
+    if g.ow == 1 and (kh == 1 or g.bh == g.w):
+        # Whole rows that follow each other: one run per d, and within it the plane
+        # position advances with the memory offset.
+        _argmax(wp, kd, 1, kh * g.w, g.bd, 0, &run, &col)
+        op[0] = wp[run * g.bd + col]
+        ip[0] = (d0 + run) * hw + h0 * g.w + col
+        return
+    if kd * kh > 1 and g.ow > 1 and colv != NULL:
+        pos = d0 * hw + h0 * g.w
+        _copy(colv, wp, g.w)
+        for w in range(g.w):
+            if floating is float:
+                k32[w] = <int32_t>(pos + w)
+            else:
+                k64[w] = <double>(pos + w)
+        for d in range(d0, d1):
+            for h in range(h0, h1):
+                if d == d0 and h == h0:
+                    continue
+                pos = d * hw + h * g.w
+                if floating is float:
+                    _max_update_row(colv, k32, xp + d * g.bd + h * g.bh, <int32_t>pos, NULL, g.w)
+                else:
+                    _max_update_row(colv, k64, xp + d * g.bd + h * g.bh, <double>pos, iota,
+                                    g.w)
+        for ow in range(g.ow):
+            w0 = ww[2 * ow]
+            w1 = ww[2 * ow + 1]
+            bv = colv[w0]
+            if floating is float:
+                bi32 = k32[w0]
+                for w in range(w0 + 1, w1):
+                    if _better(colv[w], k32[w], bv, bi32):
+                        bv = colv[w]
+                        bi32 = k32[w]
+                ip[ow * g.iw] = bi32
+            else:
+                bi64 = k64[w0]
+                for w in range(w0 + 1, w1):
+                    if _better(colv[w], k64[w], bv, bi64):
+                        bv = colv[w]
+                        bi64 = k64[w]
+                ip[ow * g.iw] = <int64_t>bi64
+            op[ow * g.sw] = bv
+        return
+    for ow in range(g.ow):
+        w0 = ww[2 * ow]
+        _argmax(wp + w0, kd, kh, ww[2 * ow + 1] - w0, g.bd, g.bh, &run, &col)
+        if kh == 1:
+            dd, hh = run, 0
+        elif kd == 1:
+            dd, hh = 0, run
+        else:
+            dd = run // kh
+            hh = run - dd * kh
+        op[ow * g.sw] = wp[dd * g.bd + hh * g.bh + w0 + col]
+        ip[ow * g.iw] = (d0 + dd) * hw + (h0 + hh) * g.w + w0 + col
+
+
+cdef void _max_fwd_cl(const floating* x, floating* out, int64_t* idx, floating* mbuf,
+                      void* kbuf, Geom g, const Py_ssize_t* wd,
+                      const Py_ssize_t* wh, const Py_ssize_t* ww, Py_ssize_t task) noexcept nogil:
+    """Output rows ``out[n, c0:c1, od, oh0:oh1, :]`` of a channels-last input: every window
+    element updates a vector of running maxima (and their positions) over the channels."""
+    cdef Py_ssize_t cb = task % g.ncb, t = task // g.ncb
+    cdef Py_ssize_t hb = t % g.nohb
+    t = t // g.nohb
+    cdef Py_ssize_t od = t % g.od, n = t // g.od
+    cdef Py_ssize_t c0 = cb * g.cbs, nc = min(g.cbs, g.c - c0), c
+    cdef Py_ssize_t oh0 = hb * g.ohb, oh1 = min(g.oh, oh0 + g.ohb), oh
+    cdef Py_ssize_t d0 = wd[2 * od], d1 = wd[2 * od + 1], h0, h1
+    cdef Py_ssize_t hw = g.h * g.w, d, h, w, ow, w0, w1, first, cell, ncell
+    cdef const floating* xp = x + n * g.bn + c0
+    cdef floating* m
+    cdef int32_t* k32
+    cdef double* k64
+    cdef int64_t* kw
+    cdef int64_t* ip
+    cell = 0
+    for oh in range(oh0, oh1):
+        h0 = wh[2 * oh]
+        h1 = wh[2 * oh + 1]
+        for ow in range(g.ow):
+            w0 = ww[2 * ow]
+            w1 = ww[2 * ow + 1]
+            m = mbuf + cell * nc
+            k32 = <int32_t*>kbuf + cell * nc
+            k64 = <double*>kbuf + cell * nc
+            first = d0 * hw + h0 * g.w + w0
+            # The first element always beats the initial -inf (or equals it): start from it.
+            _copy(m, xp + d0 * g.bd + h0 * g.bh + w0 * g.bw, nc)
+            for c in range(nc):
+                if floating is float:
+                    k32[c] = <int32_t>first
+                else:
+                    k64[c] = <double>first
+            for d in range(d0, d1):
+                for h in range(h0, h1):
+                    for w in range(w0, w1):
+                        if d == d0 and h == h0 and w == w0:
+                            continue
+                        if floating is float:
+                            _max_update(m, k32, xp + d * g.bd + h * g.bh + w * g.bw,
+                                        <int32_t>(d * hw + h * g.w + w), nc)
+                        else:
+                            _max_update(m, k64, xp + d * g.bd + h * g.bh + w * g.bw,
+                                        <double>(d * hw + h * g.w + w), nc)
+            cell = cell + 1
+    _store_cl(out + n * g.sn + c0 * g.sc + od * g.sd + oh0 * g.sh, g, mbuf, oh1 - oh0, nc)
+    # The positions, widened to int64 into the second half of kbuf, then stored like the values.
+    ip = idx + n * g.in_ + c0 * g.ic + od * g.id + oh0 * g.ih
+    ncell = (oh1 - oh0) * g.ow
+    k32 = <int32_t*>kbuf
+    k64 = <double*>kbuf
+    kw = <int64_t*>kbuf + g.cbs * g.ow * g.ohb
+    for cell in range(ncell * nc):
+        if floating is float:
+            kw[cell] = k32[cell]
+        else:
+            kw[cell] = <int64_t>k64[cell]
+    if g.ic == 1:
+        for cell in range(ncell):
+            oh = cell // g.ow
+            _copy_i64(ip + oh * g.ih + (cell - oh * g.ow) * g.iw, kw + cell * nc, nc)
+    elif g.iw == 1 and (oh1 - oh0 == 1 or g.ih == g.ow):
+        fp_transpose_i64(ip, g.ic, kw, nc, ncell, nc)
+    else:
+        for c in range(nc):
+            for oh in range(oh1 - oh0):
+                for ow in range(g.ow):
+                    ip[c * g.ic + oh * g.ih + ow * g.iw] = kw[(oh * g.ow + ow) * nc + c]
+
+
+def max_forward(const floating[:, :, :, :, :] x, floating[:, :, :, :, :] out,
+                int64_t[:, :, :, :, :] indices, bint channels_last, int num_threads):
+    """``out``/``indices`` = window maxima of ``x`` and their flat positions in the plane."""
+    cdef Geom g = _geom(&x.shape[0], &x.strides[0], &out.shape[0],
+                        &out.strides[0], sizeof(floating))
+    _set_index_strides(&g, &indices.strides[0])
+    cdef Py_ssize_t task, ntasks, bufsize
+    cdef int nt
+    cdef const floating* xp = &x[0, 0, 0, 0, 0]
+    cdef floating* op = &out[0, 0, 0, 0, 0]
+    cdef int64_t* ip = &indices[0, 0, 0, 0, 0]
+    cdef floating* mbuf = NULL
+    cdef int64_t* kbuf = NULL
+    cdef Py_ssize_t* wd = <Py_ssize_t*>_alloc(2 * (g.od + g.oh + g.ow) * sizeof(Py_ssize_t))
+    cdef Py_ssize_t* wh = wd + 2 * g.od
+    cdef Py_ssize_t* ww = wh + 2 * g.oh
+    try:
+        _fill_windows(wd, g.d, g.od)
+        _fill_windows(wh, g.h, g.oh)
+        _fill_windows(ww, g.w, g.ow)
+        if channels_last:
+            _cl_forward_blocks(&g, num_threads)
+            ntasks = g.n * g.od * g.nohb * g.ncb
+            _task_threads(ntasks, num_threads, &nt)
+            bufsize = _per_thread(g.cbs * g.ow * g.ohb)
+            mbuf = <floating*>_alloc(nt * bufsize * sizeof(floating))
+            # per thread: running positions (int32 or double), then the same widened to int64
+            kbuf = <int64_t*>_alloc(2 * nt * bufsize * sizeof(int64_t))
+            for task in prange(ntasks, nogil=True, schedule='static', num_threads=nt):
+                _max_fwd_cl(xp, op, ip, mbuf + threadid() * bufsize,
+                            <void*>(kbuf + 2 * threadid() * bufsize), g, wd, wh, ww, task)
+        elif _global_planes(&g, num_threads):
+            _task_threads(g.nib, num_threads, &nt)
+            for task in prange(g.nib, nogil=True, schedule='static', num_threads=nt):
+                _fwd_global(xp, op, ip, g, True, task)
+        else:
+            _plane_blocks(&g, g.od * g.oh, num_threads)
+            ntasks = g.n * g.c * g.nib
+            _task_threads(ntasks, num_threads, &nt)
+            bufsize = 0
+            if floating is double or g.d * g.h * g.w < 2**31:  # positions fit the column scan
+                # per thread: W column maxima, W positions (8 bytes each at most), W doubles
+                bufsize = _per_thread(g.w + (16 * g.w) // sizeof(floating))
+                mbuf = <floating*>_alloc(nt * bufsize * sizeof(floating))
+            for task in prange(ntasks, nogil=True, schedule='static', num_threads=nt):
+                _fwd_planar(xp, op, ip, mbuf + threadid() * bufsize if mbuf != NULL else NULL,
+                            g, wd, wh, ww, True, task)
+    finally:
+        free(wd)
+        free(mbuf)
+        free(kbuf)
+
+
+# ========================================================================= average backward
+
+cdef inline void _avg_bwd_rowvals(const floating* gp, floating* rv, Geom g,
+                                  Py_ssize_t od0, Py_ssize_t od1, Py_ssize_t oh0, Py_ssize_t oh1,
+                                  const Py_ssize_t* wd, const Py_ssize_t* wh,
+                                  const Py_ssize_t* ww, Py_ssize_t nc,
+                                  Py_ssize_t cstride) noexcept nogil:
+    """``rv[ow, c]`` = sum over the covering (od, oh) of ``grad_output / window size``."""
+    cdef Py_ssize_t od, oh, ow, c, kdh
+    cdef const floating* src
+    cdef floating* dst
+    cdef floating cnt
+    for ow in range(g.ow):
+        dst = rv + ow * nc
+        for c in range(nc):
+            dst[c] = 0
+    for od in range(od0, od1):
+        for oh in range(oh0, oh1):
+            kdh = (wd[2 * od + 1] - wd[2 * od]) * (wh[2 * oh + 1] - wh[2 * oh])
+            for ow in range(g.ow):
+                cnt = <floating>(kdh * (ww[2 * ow + 1] - ww[2 * ow]))
+                src = gp + od * g.sd + oh * g.sh + ow * g.sw
+                dst = rv + ow * nc
+                for c in range(nc):
+                    dst[c] = dst[c] + src[c * cstride] / cnt
+
+
+cdef void _avg_bwd_planar(const floating* go, floating* gi, floating* rv, Geom g,
+                          const Py_ssize_t* wd, const Py_ssize_t* wh, const Py_ssize_t* ww,
+                          const Py_ssize_t* cover_d, const Py_ssize_t* hruns, Py_ssize_t nhr,
+                          const Py_ssize_t* wruns, Py_ssize_t nwr, Py_ssize_t task) noexcept nogil:
+    """Items [i0, i1) of plane (n, c), an item being rows ``grad_input[n, c, d, h0:h1, :]``
+    that the same output cells cover: the first row is a gather from grad_output, the
+    others copy it."""
+    cdef Py_ssize_t b = task % g.nib, plane = task // g.nib
+    cdef Py_ssize_t c = plane % g.c, n = plane // g.c
+    cdef Py_ssize_t i = b * g.ipt, i1 = min(i + g.ipt, g.d * nhr)
+    cdef Py_ssize_t d = i // nhr, hr = i - (i // nhr) * nhr
+    cdef const Py_ssize_t* run
+    cdef Py_ssize_t h, r, ow
+    cdef const floating* gp = go + n * g.sn + c * g.sc
+    cdef floating* row
+    cdef floating v
+    while i < i1:
+        run = hruns + 4 * hr
+        row = gi + n * g.bn + c * g.bc + d * g.bd + run[0] * g.bh
+        _avg_bwd_rowvals(gp, rv, g, cover_d[2 * d], cover_d[2 * d + 1], run[2], run[3],
+                         wd, wh, ww, 1, 0)
+        for r in range(nwr):
+            v = rv[wruns[4 * r + 2]]
+            for ow in range(wruns[4 * r + 2] + 1, wruns[4 * r + 3]):
+                v = v + rv[ow]
+            _fill(row + wruns[4 * r], v, wruns[4 * r + 1] - wruns[4 * r])
+        for h in range(run[0] + 1, run[1]):
+            _copy(row + (h - run[0]) * g.bh, row, g.w)
+        i = i + 1
+        hr = hr + 1
+        if hr == nhr:
+            hr = 0
+            d = d + 1
+
+
+cdef void _avg_bwd_cl(const floating* go, floating* gi, floating* buf, Geom g,
+                      const Py_ssize_t* wd, const Py_ssize_t* wh, const Py_ssize_t* ww,
+                      const Py_ssize_t* cover_d, const Py_ssize_t* hruns, Py_ssize_t nhr,
+                      const Py_ssize_t* wruns, Py_ssize_t nwr, Py_ssize_t task) noexcept nogil:
+    """Channels-last ``grad_input[n, c0:c1, d, h_begin:h_end, :]``, vectorised over channels."""
+    cdef Py_ssize_t cb = task % g.ncb, t = task // g.ncb
+    cdef Py_ssize_t hr = t % nhr
+    t = t // nhr
+    cdef Py_ssize_t d = t % g.d, n = t // g.d
+    cdef Py_ssize_t c0 = cb * g.cbs, nc = min(g.cbs, g.c - c0), c
+    cdef const Py_ssize_t* run = hruns + 4 * hr
+    cdef Py_ssize_t h, r, ow, w
+    cdef floating* row = gi + n * g.bn + c0 + d * g.bd + run[0] * g.bh
+    cdef floating* vec = buf                  # nc: the value of one run of columns
+    cdef floating* rv = buf + g.cbs           # g.ow * nc: per output column
+    _avg_bwd_rowvals(go + n * g.sn + c0 * g.sc, rv, g, cover_d[2 * d], cover_d[2 * d + 1],
+                     run[2], run[3], wd, wh, ww, nc, g.sc)
+    for r in range(nwr):
+        _copy(vec, rv + wruns[4 * r + 2] * nc, nc)
+        for ow in range(wruns[4 * r + 2] + 1, wruns[4 * r + 3]):
+            _add(vec, rv + ow * nc, nc)
+        for w in range(wruns[4 * r], wruns[4 * r + 1]):
+            _copy(row + w * g.bw, vec, nc)
+    for h in range(run[0] + 1, run[1]):
+        _copy_strided(row + (h - run[0]) * g.bh, g.bw, row, g.bw, g.w, nc)
+
+
+def avg_backward(const floating[:, :, :, :, :] grad_output, floating[:, :, :, :, :] grad_input,
+                 bint channels_last, int num_threads):
+    """Gather: ``grad_input`` (rows contiguous, or channel stride 1) written once, no zero fill."""
+    cdef Geom g = _geom(&grad_input.shape[0], &grad_input.strides[0], &grad_output.shape[0],
+                        &grad_output.strides[0], sizeof(floating))
+    cdef Py_ssize_t nhr, nwr, task, ntasks, bufsize
+    cdef int nt
+    cdef const floating* gop = &grad_output[0, 0, 0, 0, 0]
+    cdef floating* gip = &grad_input[0, 0, 0, 0, 0]
+    cdef floating* scratch = NULL
+    cdef Py_ssize_t* wd = <Py_ssize_t*>_alloc(
+        (2 * (g.od + g.oh + g.ow + g.d) + 4 * (g.h + g.w)) * sizeof(Py_ssize_t))
+    cdef Py_ssize_t* wh = wd + 2 * g.od
+    cdef Py_ssize_t* ww = wh + 2 * g.oh
+    cdef Py_ssize_t* cover_d = ww + 2 * g.ow
+    cdef Py_ssize_t* hruns = cover_d + 2 * g.d
+    cdef Py_ssize_t* wruns = hruns + 4 * g.h
+    try:
+        _fill_windows(wd, g.d, g.od)
+        _fill_windows(wh, g.h, g.oh)
+        _fill_windows(ww, g.w, g.ow)
+        _fill_windows(cover_d, g.od, g.d)
+        nhr = _fill_cover_runs(hruns, g.h, g.oh)
+        nwr = _fill_cover_runs(wruns, g.w, g.ow)
+        if channels_last:
+            _channel_blocks(&g, g.n * g.d * nhr, num_threads)
+            ntasks = g.n * g.d * nhr * g.ncb
+            bufsize = _per_thread(g.cbs * (g.ow + 1))
+        else:
+            _plane_blocks(&g, g.d * nhr, num_threads)
+            ntasks = g.n * g.c * g.nib
+            bufsize = _per_thread(g.ow)
+        _task_threads(ntasks, num_threads, &nt)
+        scratch = <floating*>_alloc(nt * bufsize * sizeof(floating))
+        if channels_last:
+            for task in prange(ntasks, nogil=True, schedule='static', num_threads=nt):
+                _avg_bwd_cl(gop, gip, scratch + threadid() * bufsize, g, wd, wh, ww,
+                            cover_d, hruns, nhr, wruns, nwr, task)
+        else:
+            for task in prange(ntasks, nogil=True, schedule='static', num_threads=nt):
+                _avg_bwd_planar(gop, gip, scratch + threadid() * bufsize, g, wd, wh, ww,
+                                cover_d, hruns, nhr, wruns, nwr, task)
+    finally:
+        free(wd)
+        free(scratch)
+
+
+# ========================================================================= max backward
+
+cdef inline Py_ssize_t _offset(Geom g, int64_t p, bint dense) noexcept nogil:
+    # Flat plane position -> element offset in grad_input (a multiply when the spatial axes
+    # are dense, else two divisions).
+    if dense:
+        return p * g.bw
+    return (p // (g.h * g.w)) * g.bd + ((p // g.w) % g.h) * g.bh + (p % g.w) * g.bw
+
+
+cdef void _max_bwd_scatter(const floating* go, const int64_t* idx, floating* gi, Geom g,
+                           bint dense, Py_ssize_t plane) noexcept nogil:
+    """``grad_input[n, c].flat[indices[o]] += grad_output[o]`` in output order (one plane)."""
+    cdef Py_ssize_t c = plane % g.c, n = plane // g.c, od, oh, ow
+    cdef const floating* gp = go + n * g.sn + c * g.sc
+    cdef const int64_t* ip = idx + n * g.in_ + c * g.ic
+    cdef floating* base = gi + n * g.bn + c * g.bc
+    cdef Py_ssize_t off
+    for od in range(g.od):
+        for oh in range(g.oh):
+            for ow in range(g.ow):
+                off = _offset(g, ip[od * g.id + oh * g.ih + ow * g.iw], dense)
+                base[off] = base[off] + gp[od * g.sd + oh * g.sh + ow * g.sw]
+
+
+cdef void _max_bwd_planar(const floating* go, const int64_t* idx, floating* gi, Geom g,
+                          bint dense, Py_ssize_t plane) noexcept nogil:
+    """Zero one plane, then scatter into it while it is still in cache."""
+    cdef Py_ssize_t c = plane % g.c, n = plane // g.c, d, h
+    cdef floating* base = gi + n * g.bn + c * g.bc
+    if dense:
+        memset(base, 0, g.d * g.h * g.w * sizeof(floating))
+    else:
+        for d in range(g.d):
+            for h in range(g.h):
+                memset(base + d * g.bd + h * g.bh, 0, g.w * sizeof(floating))
+    _max_bwd_scatter(go, idx, gi, g, dense, plane)
+
+
+cdef void _max_bwd_cl(const floating* go, const int64_t* idx, floating* gi, Geom g,
+                      const Py_ssize_t* cover_d, const Py_ssize_t* hruns, Py_ssize_t nhr,
+                      Py_ssize_t task) noexcept nogil:
+    """Channels-last ``grad_input[n, :, d, h_begin:h_end, :]``, rows that the same output
+    cells cover: zero them, then add each covering cell whose index falls in them.
+
+    Every element still receives its cells in output order (the order of the planar
+    scatter), while the rows are in cache and the channel loop runs in memory order."""
+    cdef Py_ssize_t hr = task % nhr, t = task // nhr
+    cdef Py_ssize_t d = t % g.d, n = t // g.d
+    cdef const Py_ssize_t* run = hruns + 4 * hr
+    cdef Py_ssize_t hb = run[0], he = run[1], h, w, od, oh, ow, c, off, q, ph
+    cdef floating* base = gi + n * g.bn + d * g.bd + hb * g.bh
+    cdef floating* row
+    # plane positions of these rows: one contiguous range, [lo, hi)
+    cdef int64_t lo = d * g.h * g.w + hb * g.w, hi = d * g.h * g.w + he * g.w, p
+    cdef bint dense = g.bh == g.w * g.bw
+    cdef const floating* gp
+    cdef const int64_t* ip
+    for h in range(he - hb):
+        row = base + h * g.bh
+        if g.bw == g.c:
+            memset(row, 0, g.w * g.c * sizeof(floating))
+        else:
+            for w in range(g.w):
+                memset(row + w * g.bw, 0, g.c * sizeof(floating))
+    for od in range(cover_d[2 * d], cover_d[2 * d + 1]):
+        for oh in range(run[2], run[3]):
+            for ow in range(g.ow):
+                gp = go + n * g.sn + od * g.sd + oh * g.sh + ow * g.sw
+                ip = idx + n * g.in_ + od * g.id + oh * g.ih + ow * g.iw
+                if dense:
+                    if floating is float:
+                        fp_scatter_rows_float(base, gp, g.sc, ip, g.ic, g.c, lo, hi, g.bw)
+                    else:
+                        fp_scatter_rows_double(base, gp, g.sc, ip, g.ic, g.c, lo, hi, g.bw)
+                    continue
+                for c in range(g.c):
+                    p = ip[c * g.ic]
+                    if p >= lo and p < hi:
+                        q = p - lo
+                        ph = q // g.w
+                        off = ph * g.bh + (q - ph * g.w) * g.bw
+                        base[off + c] = base[off + c] + gp[c * g.sc]
+
+
+cdef void _max_bwd_cl_slab(const floating* go, const int64_t* idx, floating* gi, Geom g,
+                           Py_ssize_t n) noexcept nogil:
+    """Channels-last ``grad_input[n]`` when it fits in cache: zero it, then add every cell in
+    output order; no index checks (compare _max_bwd_cl)."""
+    cdef Py_ssize_t od, oh, ow, c
+    cdef floating* base = gi + n * g.bn
+    cdef const floating* gp
+    cdef const int64_t* ip
+    memset(base, 0, g.d * g.h * g.w * g.c * sizeof(floating))
+    for od in range(g.od):
+        for oh in range(g.oh):
+            for ow in range(g.ow):
+                gp = go + n * g.sn + od * g.sd + oh * g.sh + ow * g.sw
+                ip = idx + n * g.in_ + od * g.id + oh * g.ih + ow * g.iw
+                for c in range(g.c):
+                    base[ip[c * g.ic] * g.c + c] = base[ip[c * g.ic] * g.c + c] + gp[c * g.sc]
+
+
+def max_backward(const floating[:, :, :, :, :] grad_output, const int64_t[:, :, :, :, :] indices,
+                 floating[:, :, :, :, :] grad_input, bint channels_last, int num_threads):
+    """Zero, then scatter-add in output order, each element by one thread: deterministic
+    without atomics (planar: one plane per task; channels-last: one run of rows per task)."""
+    cdef Geom g = _geom(&grad_input.shape[0], &grad_input.strides[0], &grad_output.shape[0],
+                        &grad_output.strides[0], sizeof(floating))
+    _set_index_strides(&g, &indices.strides[0])
+    cdef bint dense = ((g.h == 1 or g.bh == g.w * g.bw)
+                       and (g.d == 1 or g.bd == g.h * g.w * g.bw))
+    cdef Py_ssize_t task, ntasks, nhr
+    cdef int nt
+    cdef const floating* gop = &grad_output[0, 0, 0, 0, 0]
+    cdef const int64_t* ip = &indices[0, 0, 0, 0, 0]
+    cdef floating* gip = &grad_input[0, 0, 0, 0, 0]
+    cdef Py_ssize_t* cover_d
+    cdef Py_ssize_t* hruns
+    if not channels_last:
+        ntasks = g.n * g.c
+        _task_threads(ntasks, num_threads, &nt)
+        for task in prange(ntasks, nogil=True, schedule='static', num_threads=nt):
+            _max_bwd_planar(gop, ip, gip, g, dense, task)
+        return
+    if (dense and g.bw == g.c and g.n >= 4 * num_threads
+            and g.d * g.h * g.w * g.c * sizeof(floating) <= 65536):
+        # small dense (n) slabs, enough of them: one per task, like the planar planes
+        _task_threads(g.n, num_threads, &nt)
+        for task in prange(g.n, nogil=True, schedule='static', num_threads=nt):
+            _max_bwd_cl_slab(gop, ip, gip, g, task)
+        return
+    cover_d = <Py_ssize_t*>_alloc((2 * g.d + 4 * g.h) * sizeof(Py_ssize_t))
+    hruns = cover_d + 2 * g.d
+    try:
+        _fill_windows(cover_d, g.od, g.d)
+        nhr = _fill_cover_runs(hruns, g.h, g.oh)
+        ntasks = g.n * g.d * nhr
+        _task_threads(ntasks, num_threads, &nt)
+        for task in prange(ntasks, nogil=True, schedule='static', num_threads=nt):
+            _max_bwd_cl(gop, ip, gip, g, cover_d, hruns, nhr, task)
+    finally:
+        free(cover_d)
