@@ -25,10 +25,25 @@ from ._backends import (
     set_backend,
     use_backend,
 )
+from ._threads import get_num_threads, limit_threads, set_num_threads
+from .layers import (
+    AdaptiveAvgPool1d,
+    AdaptiveAvgPool2d,
+    AdaptiveAvgPool3d,
+    AdaptiveMaxPool1d,
+    AdaptiveMaxPool2d,
+    AdaptiveMaxPool3d,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AdaptiveAvgPool1d",
+    "AdaptiveAvgPool2d",
+    "AdaptiveAvgPool3d",
+    "AdaptiveMaxPool1d",
+    "AdaptiveMaxPool2d",
+    "AdaptiveMaxPool3d",
     "BackendError",
     "adaptive_avg_pool1d",
     "adaptive_avg_pool1d_backward",
@@ -44,6 +59,9 @@ __all__ = [
     "adaptive_max_pool3d_backward",
     "available_backends",
     "get_backend",
+    "get_num_threads",
+    "limit_threads",
     "set_backend",
+    "set_num_threads",
     "use_backend",
 ]

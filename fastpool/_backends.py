@@ -62,6 +62,9 @@ def _load(name: str):
             _failed[name] = _reason(exc)
             return None
         _loaded[name] = backend
+        from . import _threads  # give it the thread count set before it loaded
+
+        _threads.apply(backend)
         return backend
 
 

@@ -1,0 +1,234 @@
+"""``data_format="channels_last"``: all twelve functions against the channels-first result.
+
+A channels-last array is ``(N, *spatial, C)`` (or ``(*spatial, C)`` unbatched); its results are
+shaped the same way, and indices keep their meaning: the flat spatial position within the
+``(n, c)`` plane. So every channels-last result must be the channels-first result with the
+channel axis moved to the end.
+"""
+
+import numpy as np
+import pytest
+from oracles import (
+    BACKWARD,
+    FORWARD,
+    assert_close,
+    assert_identical,
+    backward,
+    forward,
+    torch_backward,
+    torch_forward,
+)
+
+from fastpool import _validate
+
+KINDS = ("avg", "max")
+CL = {"data_format": "channels_last"}
+
+# (dims, channels-first shape, output_size)
+CASES = [
+    (1, (2, 5, 11), 4),
+    (1, (3, 7), 9),
+    (2, (2, 5, 9, 7), (4, 3)),
+    (2, (3, 6, 10), (None, 4)),
+    (2, (2, 16, 5, 5), 7),
+    (3, (2, 3, 4, 5, 6), (2, 3, 4)),
+    (3, (4, 3, 5, 2), (1, None, 3)),
+]
+IDS = [f"{d}d-{'x'.join(map(str, s))}-{o}" for d, s, o in CASES]
+
+
+def to_last(a, dims):
+    """Channels-first -> channels-last (a view): the channel axis goes to the end."""
+    channel = a.ndim - dims - 1
+    return np.moveaxis(a, channel, -1)
+
+
+def _data(rng, shape, kind, dtype=np.float64):
+    x = rng.standard_normal(shape)
+    if kind == "max":  # ties, NaN and infinities exercise the scan-order rules
+        x = np.round(x * 2) / 2
+        mask = rng.random(shape)
+        x[mask < 0.05] = np.nan
+        x[(mask >= 0.05) & (mask < 0.1)] = -np.inf
+    return x.astype(dtype)
+
+
+def _check(actual, expected, kind):
+    if kind == "max":
+        assert_identical(actual, expected)
+    else:
+        assert_close(actual, expected)
+
+
+@pytest.mark.parametrize("contiguous", (True, False), ids=("copy", "view"))
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize(("dims", "shape", "osize"), CASES, ids=IDS)
+def test_forward_is_channels_first_transposed(backend, rng, dims, shape, osize, kind, contiguous):
+    x = _data(rng, shape, kind)
+    x_last = to_last(x, dims)
+    if contiguous:  # the layout channels-last data really has in memory
+        x_last = np.ascontiguousarray(x_last)
+    before = x_last.copy()
+    values, indices = forward(kind, dims, x, osize, backend=backend)
+    values_last, indices_last = forward(kind, dims, x_last, osize, backend=backend, **CL)
+    assert values_last.flags.c_contiguous
+    _check(values_last, to_last(values, dims), kind)
+    if kind == "max":
+        assert_identical(indices_last, to_last(indices, dims))
+    assert_identical(x_last, before)  # input not modified
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize(("dims", "shape", "osize"), CASES, ids=IDS)
+def test_backward_is_channels_first_transposed(backend, rng, dims, shape, osize, kind):
+    x = _data(rng, shape, kind)
+    values, indices = forward(kind, dims, x, osize, backend=backend)
+    grad = rng.standard_normal(values.shape)
+    expected = backward(kind, dims, grad, indices, x.shape, backend=backend)
+    idx_last = None if indices is None else np.ascontiguousarray(to_last(indices, dims))
+    actual = backward(
+        kind,
+        dims,
+        np.ascontiguousarray(to_last(grad, dims)),
+        idx_last,
+        to_last(x, dims).shape,
+        backend=backend,
+        **CL,
+    )
+    assert actual.shape == to_last(x, dims).shape
+    assert_close(actual, to_last(expected, dims))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize(("dims", "shape", "osize"), CASES, ids=IDS)
+def test_matches_torch(backend, rng, dims, shape, osize, kind):
+    dtype = np.float32  # float64 is covered by the channels-first equivalence + test_ops
+    x = rng.standard_normal(shape).astype(dtype)
+    ref_values, ref_indices = torch_forward(kind, dims, x, osize)
+    values, indices = forward(kind, dims, to_last(x, dims), osize, backend=backend, **CL)
+    assert_close(values, to_last(ref_values, dims), dtype)
+    if kind == "max":
+        assert_identical(indices, to_last(ref_indices, dims))
+    grad = rng.standard_normal(ref_values.shape).astype(dtype)
+    ref_grad = torch_backward(kind, dims, x, osize, grad)
+    actual = backward(
+        kind, dims, to_last(grad, dims), indices, to_last(x, dims).shape, backend=backend, **CL
+    )
+    assert_close(actual, to_last(ref_grad, dims), dtype)
+
+
+def test_torch_channels_last_tensor_goes_in_as_is(backend, rng):
+    """A ``torch.channels_last`` tensor, permuted to NHWC, is a C-contiguous channels-last array."""
+    import torch
+
+    xt = torch.from_numpy(rng.standard_normal((2, 8, 9, 7))).contiguous(
+        memory_format=torch.channels_last
+    )
+    nhwc = xt.permute(0, 2, 3, 1).numpy()
+    assert nhwc.flags.c_contiguous
+    values, indices = forward("max", 2, nhwc, (4, 3), backend=backend, **CL)
+    ref_values, ref_indices = torch.nn.functional.adaptive_max_pool2d(xt, (4, 3), True)
+    assert_close(values, ref_values.permute(0, 2, 3, 1).numpy())
+    assert_identical(indices, ref_indices.permute(0, 2, 3, 1).numpy())
+
+
+@pytest.mark.parametrize("dims", (1, 2, 3))
+def test_indices_are_flat_spatial_positions(backend, dims):
+    """Channel c's maximum sits at a known spatial position; its index is that flat position."""
+    spatial = (3, 4, 5)[-dims:]
+    plane = int(np.prod(spatial))
+    channels = 6
+    x = np.zeros((1,) + spatial + (channels,))
+    positions = [(7 * c + 2) % plane for c in range(channels)]
+    for c, p in enumerate(positions):
+        x[(0,) + np.unravel_index(p, spatial) + (c,)] = 1.0 + c
+    values, indices = forward("max", dims, x, 1, backend=backend, **CL)
+    assert indices.shape == (1,) + (1,) * dims + (channels,)
+    assert indices.ravel().tolist() == positions
+    assert values.ravel().tolist() == [1.0 + c for c in range(channels)]
+    grad = backward("max", dims, values, indices, x.shape, backend=backend, **CL)
+    assert_identical(grad, x)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("dims", (1, 2, 3))
+def test_out_arrays(backend, rng, dims, kind):
+    shape = (2, 3) + (5, 6, 7)[:dims]
+    x = to_last(rng.standard_normal(shape), dims)
+    expected_values, expected_indices = forward(kind, dims, x, 3, backend=backend, **CL)
+    out_values = np.empty_like(expected_values)
+    if kind == "max":
+        out_indices = np.empty_like(expected_indices)
+        result = FORWARD[kind, dims](
+            x, 3, True, backend=backend, out=(out_values, out_indices), **CL
+        )
+        assert result[0] is out_values and result[1] is out_indices
+        assert_identical(out_indices, expected_indices)
+    else:
+        assert FORWARD[kind, dims](x, 3, backend=backend, out=out_values, **CL) is out_values
+    assert_identical(out_values, expected_values)
+
+    grad = rng.standard_normal(expected_values.shape)
+    expected = backward(kind, dims, grad, expected_indices, x.shape, backend=backend, **CL)
+    out = np.empty(x.shape)
+    args = (grad, expected_indices, x.shape) if kind == "max" else (grad, x.shape)
+    assert BACKWARD[kind, dims](*args, backend=backend, out=out, **CL) is out
+    assert_identical(out, expected)
+
+
+@pytest.mark.parametrize("dims", (1, 2, 3))
+def test_out_with_channels_first_shape_is_rejected(dims):
+    x = np.ones((2,) + (5, 6, 7)[:dims] + (3,))
+    wrong = np.empty((2, 3) + (2,) * dims)  # channels-first shape of the result
+    with pytest.raises(ValueError, match="out must have shape"):
+        FORWARD["avg", dims](x, 2, out=wrong, **CL)
+
+
+@pytest.mark.parametrize("dims", (1, 2, 3))
+def test_zero_batch_and_zero_output(backend, dims):
+    x = np.ones((0,) + (4, 5, 6)[:dims] + (3,))
+    values, indices = forward("max", dims, x, 2, backend=backend, **CL)
+    assert values.shape == indices.shape == (0,) + (2,) * dims + (3,)
+    values = FORWARD["avg", dims](np.ones((4, 5, 6)[:dims] + (3,)), 0, backend=backend, **CL)
+    assert values.shape == (0,) * dims + (3,)
+    grad = BACKWARD["avg", dims](values, (4, 5, 6)[:dims] + (3,), backend=backend, **CL)
+    assert_identical(grad, np.zeros((4, 5, 6)[:dims] + (3,)))
+
+
+def test_float16(backend, rng):
+    x = rng.standard_normal((2, 4, 9, 7)).astype(np.float16)
+    values = FORWARD["avg", 2](to_last(x, 2), 3, backend=backend, **CL)
+    assert values.dtype == np.float16
+    assert_close(values, to_last(FORWARD["avg", 2](x, 3, backend=backend), 2))
+
+
+def test_kernels_get_a_view_not_a_copy():
+    """The plan turns a channels-last array into the kernels' 5-D view without copying it."""
+    x = np.zeros((2, 9, 7, 16), dtype=np.float32)
+    plan = _validate.forward_plan(x.shape, x.dtype, 3, 2, channels_last=True)
+    x5 = plan.view5(x)
+    assert x5.shape == (2, 16, 1, 9, 7)
+    assert np.shares_memory(x5, x) and x5.strides[1] == x.itemsize
+
+
+@pytest.mark.parametrize(
+    ("dims", "shape", "layout"),
+    [
+        (1, (4,), r"\(L, C\) or \(N, L, C\)"),
+        (2, (2, 3, 4, 5, 6), r"\(H, W, C\) or \(N, H, W, C\)"),
+        (3, (4, 5, 6), r"\(D, H, W, C\) or \(N, D, H, W, C\)"),
+    ],
+)
+def test_wrong_rank_names_the_channels_last_layout(dims, shape, layout):
+    with pytest.raises(ValueError, match=layout):
+        FORWARD["avg", dims](np.ones(shape), 2, **CL)
+
+
+def test_empty_channel_axis_is_rejected():
+    with pytest.raises(ValueError, match="non-empty channel"):
+        FORWARD["max", 2](np.ones((1, 4, 4, 0)), 2, **CL)
+
+
+def test_bad_data_format():
+    with pytest.raises(ValueError, match="data_format must be"):
+        FORWARD["avg", 2](np.ones((1, 4, 4, 2)), 2, data_format="NHWC")
