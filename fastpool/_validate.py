@@ -278,6 +278,11 @@ def check_index_bounds(indices: np.ndarray, plane: int, name: str = "indices") -
     """Every index must address the input plane: ``0 <= index < plane``."""
     if indices.size == 0:
         return
+    if indices.dtype.kind == "i":
+        # One pass instead of min() and max(): as unsigned, a negative index is huge.
+        unsigned = indices.view(np.dtype(f"u{indices.dtype.itemsize}"))
+        if int(unsigned.max()) < plane:
+            return
     lo, hi = int(indices.min()), int(indices.max())
     if lo < 0 or hi >= plane:
         bad = lo if lo < 0 else hi

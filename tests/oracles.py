@@ -27,10 +27,10 @@ BACKWARD = {
 
 
 def require_torch():
-    """Skip without torch, except in CI (torch is a test dependency there)."""
+    """Skip without torch, except under `make test` and in CI (torch is a test dependency)."""
     if torch is None:
-        if os.environ.get("CI"):
-            pytest.fail("torch must be installed in CI (pip install torch==2.13.0)")
+        if os.environ.get("CI") or os.environ.get("FASTPOOL_REQUIRE_TORCH"):
+            pytest.fail("torch must be installed for these tests (pip install torch==2.13.0)")
         pytest.skip("torch not installed")
     return torch
 
