@@ -11,6 +11,8 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="version, backends (usable or why not), threads, library versions")
     sub.add_parser("demo", help="show fastpool on real arrays, checked against PyTorch")
+    # add_help=False: `bench -h` reaches the bench module's own parser, which has the options
+    sub.add_parser("bench", help="time the backends against PyTorch (bench -h)", add_help=False)
     args, rest = parser.parse_known_args(argv)
     if args.command == "info":
         from ._info import info_text
@@ -21,6 +23,10 @@ def main(argv: list[str] | None = None) -> int:
         from ._demo import main as demo_main
 
         return demo_main(rest)
+    if args.command == "bench":
+        from .bench import main as bench_main
+
+        return bench_main(rest)
     return 2
 
 
