@@ -50,6 +50,9 @@ _context: contextvars.ContextVar[str | None] = contextvars.ContextVar(
 
 def _load(name: str):
     """Import a backend once; return its backend object or None (reason in ``_failed``)."""
+    backend = _loaded.get(name)
+    if backend is not None:  # loaded before: no lock needed to read it
+        return backend
     with _lock:
         if name in _loaded:
             return _loaded[name]
@@ -127,11 +130,14 @@ def resolve(backend: str | None, *, device: bool = False):
     return get(_auto_cpu())
 
 
+_auto: str | None = None
+
+
 def _auto_cpu() -> str:
-    for name in AUTO_CPU_ORDER:
-        if _load(name) is not None:
-            return name
-    raise AssertionError("the numpy backend is always usable")  # pragma: no cover
+    global _auto
+    if _auto is None:  # a backend's usability never changes within a process
+        _auto = next(name for name in AUTO_CPU_ORDER if _load(name) is not None)
+    return _auto
 
 
 def get_backend() -> str:

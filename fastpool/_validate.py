@@ -17,7 +17,7 @@ DATA_FORMATS = ("channels_first", "channels_last")
 _SPATIAL_NAMES = {1: ("L",), 2: ("H", "W"), 3: ("D", "H", "W")}
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Plan:
     """Normalised description of one call.
 
@@ -49,8 +49,14 @@ class Plan:
         if not self.batched:
             a = a[np.newaxis]
         if self.channels_last:
-            a = np.moveaxis(a, -1, 1)
-        return a[(slice(None), slice(None)) + (np.newaxis,) * (3 - self.dims)]
+            a = a.transpose(_LAST_TO_FIRST[self.dims])
+        return a[_PAD_SPATIAL[self.dims]]
+
+
+#: axis orders taking (N, *spatial, C) to (N, C, *spatial), and the index adding size-1
+#: spatial axes in front of the real ones, per number of spatial dims
+_LAST_TO_FIRST = {d: (0, d + 1) + tuple(range(1, d + 1)) for d in (1, 2, 3)}
+_PAD_SPATIAL = {d: (slice(None), slice(None)) + (np.newaxis,) * (3 - d) for d in (1, 2, 3)}
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -66,6 +72,8 @@ def is_device_array(x) -> bool:
 
 def array_meta(x, name: str) -> tuple[tuple[int, ...], np.dtype]:
     """Shape and dtype of a host or device array, without copying it."""
+    if isinstance(x, np.ndarray):
+        return x.shape, x.dtype
     cai = getattr(x, "__cuda_array_interface__", None)
     if cai is not None:
         return tuple(int(s) for s in cai["shape"]), np.dtype(cai["typestr"])
@@ -123,6 +131,8 @@ def _expected_ndims(dims: int, channels_last: bool) -> str:
 
 def normalize_output_size(output_size, dims: int, in_spatial: tuple[int, ...]) -> tuple[int, ...]:
     """Resolve ``output_size`` to a tuple of ``dims`` non-negative ints (None -> input size)."""
+    if type(output_size) is int and output_size >= 0:  # the common case, checked cheaply
+        return (output_size,) * dims
     if isinstance(output_size, (list, tuple)):
         entries = tuple(output_size)
         if len(entries) != dims:
@@ -161,9 +171,10 @@ def _is_integer(v) -> bool:
     return True
 
 
-def _split_shape(shape, dims, channels_last, name, expected):
+def _split_shape(shape, dims, channels_last, name):
     ndim = len(shape)
     if ndim not in (dims + 1, dims + 2):
+        expected = _expected_ndims(dims, channels_last)
         raise ValueError(f"{name} must be {expected} for {dims}d pooling; got shape {shape}")
     batched = ndim == dims + 2
     n = shape[0] if batched else 1
@@ -198,8 +209,7 @@ def _user_shape(n, c, spatial, batched, channels_last):
 def forward_plan(x_shape, x_dtype, output_size, dims: int, channels_last: bool) -> Plan:
     """Validate a forward call's input and output size; return its plan."""
     dtype = check_dtype(x_dtype, "x")
-    expected = _expected_ndims(dims, channels_last)
-    batched, n, c, spatial = _split_shape(tuple(x_shape), dims, channels_last, "x", expected)
+    batched, n, c, spatial = _split_shape(tuple(x_shape), dims, channels_last, "x")
     _check_nonempty(tuple(x_shape), c, spatial, "x", dims, batched, channels_last)
     osize = normalize_output_size(output_size, dims, spatial)
     return Plan(
@@ -215,6 +225,8 @@ def forward_plan(x_shape, x_dtype, output_size, dims: int, channels_last: bool) 
 
 
 def normalize_input_shape(input_shape, dims: int) -> tuple[int, ...]:
+    if type(input_shape) is tuple and all(type(e) is int and e >= 0 for e in input_shape):
+        return input_shape  # the common case (``x.shape``), checked cheaply
     if isinstance(input_shape, (str, bytes)) or not hasattr(input_shape, "__iter__"):
         raise TypeError(
             f"input_shape must be a tuple of ints (the forward input's shape); "
@@ -237,15 +249,14 @@ def backward_plan(grad_shape, grad_dtype, input_shape, dims: int, channels_last:
     dtype = check_dtype(grad_dtype, "grad_output")
     input_shape = normalize_input_shape(input_shape, dims)
     grad_shape = tuple(grad_shape)
-    expected = _expected_ndims(dims, channels_last)
-    batched, n, c, spatial = _split_shape(input_shape, dims, channels_last, "input_shape", expected)
+    batched, n, c, spatial = _split_shape(input_shape, dims, channels_last, "input_shape")
     _check_nonempty(input_shape, c, spatial, "input_shape", dims, batched, channels_last)
     if len(grad_shape) != len(input_shape):
         raise ValueError(
             f"grad_output must have as many axes as input_shape {input_shape} "
             f"({len(input_shape)}); got shape {grad_shape}"
         )
-    g_batched, gn, gc, gspatial = _split_shape(grad_shape, dims, channels_last, "grad_output", expected)
+    g_batched, gn, gc, gspatial = _split_shape(grad_shape, dims, channels_last, "grad_output")
     if (gn, gc) != (n, c):
         raise ValueError(
             f"grad_output must have the batch and channel sizes of input_shape {input_shape} "
