@@ -24,7 +24,9 @@ TEST_ENV ?= FASTPOOL_REQUIRE_BACKENDS=numba,cython FASTPOOL_REQUIRE_TORCH=1
 test: build
 	$(PY) -m fastpool info
 	$(TEST_ENV) $(PY) -m pytest -W error -q tests
-	$(PY) -m pytest -W error -q --doctest-modules fastpool --ignore=fastpool/__main__.py --ignore=fastpool/_cuda.py --ignore=fastpool/_cuda_kernels.py -p no:cacheprovider
+	$(PY) -m pytest -W error -q -p no:cacheprovider --doctest-modules fastpool \
+		--ignore=fastpool/__main__.py --ignore=fastpool/_cuda.py --ignore=fastpool/_cuda_kernels.py \
+		--doctest-glob=README.md README.md
 
 # Demo environment: a plain (non-editable) install, as a user would have it, plus PyTorch to compare with.
 $(DEMO_VENV)/.installed: pyproject.toml setup.py

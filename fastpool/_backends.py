@@ -35,6 +35,9 @@ class BackendError(ValueError):
     """An unknown backend, or one that cannot be used on this machine."""
 
 
+BackendError.__module__ = "fastpool"  # public as fastpool.BackendError; tracebacks say so
+
+
 class BackendUnavailable(ImportError):
     """Raised by a backend module at import time when it cannot run here (with the reason)."""
 
