@@ -9,7 +9,10 @@ axes for 1d/2d) and run in one of two layouts, each read in place:
   1, as ``channels_last`` tensors give): every inner loop runs over contiguous channels.
 
 Other strides go through one copy, and so do channels-last inputs with fewer than 8 channels
-(nothing to vectorise across). Forward outputs may have any strides. Backward kernels
+(nothing to vectorise across). Small planes (a few hundred elements, e.g. upsampling a 5x5
+map) have kernels of their own that take blocks of channels per work item and read either
+layout in place, so a forward from channels-first memory or a backward between different
+layouts costs no copy. Forward outputs may have any strides. Backward kernels
 gather: each element of ``grad_input`` is written once, by one thread, as a sum over the
 output cells covering it taken in output order -- no zero-fill pass, no atomics, the same
 bits for every thread count and both layouts. Sums are float64 (in the channels-last average,
@@ -17,7 +20,9 @@ a window row is summed in the input's precision first).
 
 Each kernel is a ``prange`` over threads around a serial ``*_part`` function that does one
 thread's contiguous share of the work: numba optimises a plain function better than a
-``prange`` body.
+``prange`` body. Work too small to share runs the ``*_part`` function alone, compiled without
+``parallel`` (starting a parallel region and changing numba's thread count cost more than
+such a call).
 """
 
 from __future__ import annotations
@@ -76,11 +81,10 @@ def describe() -> str:
     return f"numba {numba.__version__}, threading layer {layer}, {get_num_threads()} threads"
 
 
-def _launch(kernel, args, work) -> None:
-    """Run ``kernel(nt, *args)`` on ``nt`` threads: the setting, or fewer for small work."""
+def _launch(kernel, args, nt, current) -> None:
+    """Run the parallel ``kernel(nt, *args)`` on ``nt`` threads (numba's count is
+    ``current``)."""
     global _layer_is_safe
-    current = numba.get_num_threads()
-    nt = max(1, min(_num_threads or current, work // GRAIN))
     if nt != current:
         numba.set_num_threads(nt)
     try:
@@ -111,32 +115,53 @@ _ARG_TYPES = {
 _compile_lock = threading.Lock()
 
 
-def _jit(py_func, signature):
+def _jit(py_func, signature, parallel=True):
+    options = {**_OPTIONS, "parallel": parallel}
     try:
-        return njit([signature], **_OPTIONS)(py_func)
+        return njit([signature], **options)(py_func)
     except RuntimeError:  # no writable cache directory
-        return njit([signature], **{**_OPTIONS, "cache": False})(py_func)
+        return njit([signature], **{**options, "cache": False})(py_func)
 
 
 class _Kernel:
-    """A parallel kernel ``f(nt, *args)``; ``kinds`` says what each of ``args`` is."""
+    """A parallel kernel ``f(nt, *args)``; ``kinds`` says what each of ``args`` is.
+
+    Work that one thread does runs ``f``'s serial part ``<f>_part(0, 1, *args)``, compiled
+    on its own: no parallel region to start, no thread count to change.
+    """
 
     def __init__(self, py_func, kinds):
         self.py_func = py_func
         self.kinds = kinds
         self.compiled = {}
 
-    def __call__(self, work, *args):
-        key = tuple(a.dtype for a in args if isinstance(a, np.ndarray))
+    def _compiled(self, args, serial):
+        key = (serial, *(a.dtype for a in args if isinstance(a, np.ndarray)))
         kernel = self.compiled.get(key)
         if kernel is None:
             with _compile_lock:
                 kernel = self.compiled.get(key)
                 if kernel is None:
                     argtypes = [_ARG_TYPES[k](a) for k, a in zip(self.kinds, args, strict=True)]
-                    kernel = _jit(self.py_func, types.void(types.int64, *argtypes))
+                    signature = types.void(types.int64, types.int64, *argtypes)
+                    if serial:
+                        part = globals()[self.py_func.__name__ + "_part"].py_func
+                        kernel = _jit(part, signature, parallel=False)
+                    else:
+                        kernel = _jit(self.py_func, types.void(types.int64, *argtypes))
                     self.compiled[key] = kernel
-        _launch(kernel, args, work)
+        return kernel
+
+    def __call__(self, work, *args):
+        """Run on the thread count setting, or fewer for small work. Numba's count is not
+        even asked for work one thread does anyway: the query costs microseconds."""
+        if work >= 2 * GRAIN:
+            current = numba.get_num_threads()
+            nt = min(_num_threads or current, work // GRAIN)
+            if nt > 1:
+                _launch(self._compiled(args, False), args, nt, current)
+                return
+        self._compiled(args, True)(0, 1, *args)
 
 
 def _kernel(*kinds):
@@ -226,45 +251,14 @@ def _next(i3, i2, i1, i0, e2, e1, e0):
 # never negative, drops its wraparound check, and LLVM vectorises the loop.
 
 
-@njit(inline="always")
-def _sum_span(a):
-    """Sum of ``a`` with eight independent accumulators (one chain would be latency-bound)."""
-    s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = 0.0
-    n8 = len(a) - len(a) % 8
-    for i in range(0, n8, 8):
-        s0 += a[i]
-        s1 += a[i + 1]
-        s2 += a[i + 2]
-        s3 += a[i + 3]
-        s4 += a[i + 4]
-        s5 += a[i + 5]
-        s6 += a[i + 6]
-        s7 += a[i + 7]
-    s = ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
-    for i in range(n8, len(a)):
+@njit(fastmath={"reassoc"}, error_model="numpy")
+def _sum(a):
+    """Float64 sum of ``a``, in whatever order LLVM's vectoriser likes (only this function
+    may reorder its additions; callers keep numba's strict floating point)."""
+    s = 0.0
+    for i in range(len(a)):
         s += a[i]
     return s
-
-
-_LANES = 128
-
-
-@njit(inline="always")
-def _sum_long(a, lanes):
-    """Sum of ``a``; a long one is added up vertically in ``len(lanes)`` float64 lanes
-    first (a loop LLVM vectorises, unlike the scalar chains of :func:`_sum_span`)."""
-    n, width = len(a), len(lanes)
-    if n < 4 * width:
-        return _sum_span(a)
-    head = a[:width]
-    for j in range(width):
-        lanes[j] = head[j]
-    full = n - n % width
-    for i in range(width, full, width):
-        row = a[i : i + width]
-        for j in range(width):
-            lanes[j] += row[j]
-    return _sum_span(lanes) + _sum_span(a[full:])
 
 
 @njit(inline="always")
@@ -305,12 +299,11 @@ def _avg_fwd_planar_part(t, nt, x, out, D, H, W):
     """``x``: (N*C, D*H*W); one work item per output row ``(n, c, od, oh)``."""
     N, C, Do, Ho, Wo = out.shape
     HW = H * W
-    lanes = np.empty(_LANES, np.float64)
     if Do * Ho * Wo == 1:  # global pooling: nothing but a sum per plane
         first, last = _chunk(t, N * C, nt)
         _, _, n, c = _unravel(first, 1, N, C)
         for p in range(first, last):
-            out[n, c, 0, 0, 0] = _sum_long(x[p], lanes) / (D * HW)
+            out[n, c, 0, 0, 0] = _sum(x[p]) / (D * HW)
             _, _, n, c = _next(0, 0, n, c, 1, N, C)
         return
     ds, de = _bounds(D, Do)
@@ -326,12 +319,12 @@ def _avg_fwd_planar_part(t, nt, x, out, D, H, W):
         if Wo == 1:  # whole rows: each d slab of the window is one contiguous span
             s = 0.0
             for d in range(d0, d1):
-                s += _sum_long(xp[d * HW + h0 * W : d * HW + h1 * W], lanes)
+                s += _sum(xp[d * HW + h0 * W : d * HW + h1 * W])
             orow[0] = s / (nrows * W)
         elif nrows == 1:
             row = xp[d0 * HW + h0 * W : d0 * HW + h0 * W + W]
             for ow in range(Wo):
-                s = _sum_long(row[ws[ow] : we[ow]], lanes)
+                s = _sum(row[ws[ow] : we[ow]])
                 orow[ow] = s / (we[ow] - ws[ow])
         else:  # add the window's rows into one row, then sum its column windows
             row = xp[d0 * HW + h0 * W : d0 * HW + h0 * W + W]
@@ -344,7 +337,7 @@ def _avg_fwd_planar_part(t, nt, x, out, D, H, W):
                         for w in range(W):
                             buf[w] += row[w]
             for ow in range(Wo):
-                s = _sum_span(buf[ws[ow] : we[ow]])
+                s = _sum(buf[ws[ow] : we[ow]])
                 orow[ow] = s / (nrows * (we[ow] - ws[ow]))
         n, c, od, oh = _next(n, c, od, oh, C, Do, Ho)
 
@@ -582,6 +575,47 @@ def _avg_bwd_planar_part(t, nt, go, gi, Do, Ho, Wo, D, H, W):
         _, p, d, h = _next(0, p, d, h, P, D, H)
 
 
+@njit(error_model="numpy")
+def _max_bwd_planes(t, nt, go, indices, gi, C, sc):
+    """Whole planes, four at a time: the additions of one plane into the same element wait on
+    each other's stores, four planes' additions do not. ``gi``: (N*C, D*H*W); ``go`` and
+    ``indices`` flat, element (n, c, cell) at ``(n * C * cells + c * sc) + cell * sp``."""
+    P, size = gi.shape
+    cells = len(go) // P
+    sp = C if sc == 1 else 1
+    buf = np.empty((size, 4), np.float64)
+    base = np.empty(4, np.int64)
+    first, last = _chunk(t, P, nt)
+    p = first
+    while p < last:
+        k_end = min(4, last - p)
+        for k in range(4):
+            q = min(p + k, last - 1)  # a short group repeats its last plane, unstored
+            base[k] = (q - q % C) * cells + (q % C) * sc
+        for i in range(size):
+            for k in range(4):
+                buf[i, k] = 0.0
+        for o in range(cells):
+            for k in range(4):
+                at = base[k] + o * sp
+                buf[indices[at], k] += go[at]
+        for k in range(k_end):
+            for i in range(size):
+                gi[p + k, i] = buf[i, k]
+        p += 4
+
+
+@_kernel("in", "in", "out", "int", "int")
+def _max_bwd_whole(nt, go, indices, gi, C, sc):
+    for t in prange(nt):
+        _max_bwd_whole_part(np.int64(t), nt, go, indices, gi, C, sc)
+
+
+@njit(error_model="numpy")
+def _max_bwd_whole_part(t, nt, go, indices, gi, C, sc):
+    _max_bwd_planes(t, nt, go, indices, gi, C, sc)
+
+
 @_kernel("in", "in", "out", "int", "int", "int", "int", "int", "int", "int")
 def _max_bwd_planar(nt, go, indices, gi, Do, Ho, Wo, D, H, W, R):
     for t in prange(nt):
@@ -720,6 +754,275 @@ def _max_bwd_cl_part(t, nt, go, indices, gi, N, Do, Ho, Wo, D, H, W):
         _, n, d, h = _next(0, n, d, h, N, D, H)
 
 
+# ------------------------------------------------------------------ small planes, any layout
+# Planes of a few hundred elements (upsampling, small feature maps): per-row and per-window
+# overheads of the kernels above dominate there, and a layout copy costs more than the
+# pooling. A work item is one (n, block of ``cb`` channels); the inner loops run across the
+# block, and results go through an L1 buffer ``res[position, channel]`` that is stored plane
+# by plane into an output of any strides. Inputs are flat, C-contiguous in either layout:
+# element (n, c, p) of a plane position p is at ``n * sn + c * sc + p * sp`` (channels-last:
+# ``sc == 1``, and the loops across channels are unit-stride loads that LLVM vectorises).
+# They run forwards from channels-first memory (a channels-last input goes to the
+# channels-last kernels, which store each cell's channels directly) and backwards between
+# layouts that are not both channels-last, except a max backward from planar gradients
+# (the planar kernel); from channels-last gradients into a planar ``grad_input`` it scatters
+# whole planes instead (:func:`_max_bwd_planes`).
+
+
+@njit(inline="always")
+def _load(dst, src, at, sc, m):
+    """``dst[j] = src[at + j * sc]`` for ``j < m``."""
+    if sc == 1:
+        s = src[at : at + m]
+        for j in range(m):
+            dst[j] = s[j]
+    else:
+        for j in range(m):
+            dst[j] = src[at + j * sc]
+
+
+@njit(inline="always")
+def _store_planes(res, out, n, c0, m):
+    """``out[n, c0 + j] = res[:, j]`` for the block's ``m`` channels, plane by plane."""
+    _, _, Do, Ho, Wo = out.shape
+    for j in range(m):
+        dst = out[n, c0 + j]
+        k = 0
+        for od in range(Do):
+            for oh in range(Ho):
+                row = dst[od, oh]
+                for ow in range(Wo):
+                    row[ow] = res[k, j]
+                    k += 1
+
+
+@_kernel("in", "any", "int", "int", "int", "int", "int")
+def _avg_fwd_small(nt, x, out, D, H, W, sc, cb):
+    for t in prange(nt):
+        _avg_fwd_small_part(np.int64(t), nt, x, out, D, H, W, sc, cb)
+
+
+@njit(error_model="numpy")
+def _avg_fwd_small_part(t, nt, x, out, D, H, W, sc, cb):
+    """Sums along W first (``rows[d, h, ow, channel]``), then over the window's rows."""
+    N, C, Do, Ho, Wo = out.shape
+    sp = C if sc == 1 else 1
+    sn = C * D * H * W
+    ds, de = _bounds(D, Do)
+    hs, he = _bounds(H, Ho)
+    ws, we = _bounds(W, Wo)
+    rows = np.empty((D, H, Wo, cb), np.float64)
+    res = np.empty((Do * Ho * Wo, cb), np.float64)
+    acc = np.empty(cb, np.float64)
+    v = np.empty(cb, x.dtype)
+    blocks = (C + cb - 1) // cb
+    first, last = _chunk(t, N * blocks, nt)
+    for item in range(first, last):
+        n, b = item // blocks, item % blocks
+        c0 = b * cb
+        m = min(cb, C - c0)
+        base = n * sn + c0 * sc
+        for d in range(D):
+            for h in range(H):
+                for ow in range(Wo):
+                    r = rows[d, h, ow]
+                    _load(v, x, base + ((d * H + h) * W + ws[ow]) * sp, sc, m)
+                    for j in range(m):
+                        r[j] = v[j]
+                    for w in range(ws[ow] + 1, we[ow]):
+                        _load(v, x, base + ((d * H + h) * W + w) * sp, sc, m)
+                        for j in range(m):
+                            r[j] += v[j]
+        k = 0
+        for od in range(Do):
+            for oh in range(Ho):
+                for ow in range(Wo):
+                    for j in range(m):
+                        acc[j] = 0.0
+                    for d in range(ds[od], de[od]):
+                        for h in range(hs[oh], he[oh]):
+                            r = rows[d, h, ow]
+                            for j in range(m):
+                                acc[j] += r[j]
+                    scale = 1.0 / ((de[od] - ds[od]) * (he[oh] - hs[oh]) * (we[ow] - ws[ow]))
+                    dst = res[k]
+                    for j in range(m):
+                        dst[j] = acc[j] * scale
+                    k += 1
+        _store_planes(res, out, n, c0, m)
+
+
+@_kernel("in", "any", "any", "in", "int", "int", "int", "int", "int")
+def _max_fwd_small(nt, x, out, indices, itype, D, H, W, sc, cb):
+    for t in prange(nt):
+        _max_fwd_small_part(np.int64(t), nt, x, out, indices, itype, D, H, W, sc, cb)
+
+
+@njit(error_model="numpy")
+def _max_fwd_small_part(t, nt, x, out, indices, itype, D, H, W, sc, cb):
+    """Maxima along W first (value and position, scan rule), then merged over the window's
+    rows in scan order with the same rule: that is the scan of the whole window. Updates
+    are selects into a second buffer (as in :func:`_max_fwd_cl_part`)."""
+    N, C, Do, Ho, Wo = out.shape
+    sp = C if sc == 1 else 1
+    sn = C * D * H * W
+    ds, de = _bounds(D, Do)
+    hs, he = _bounds(H, Ho)
+    ws, we = _bounds(W, Wo)
+    rv = np.empty((D, H, Wo, cb), x.dtype)
+    ri = np.empty((D, H, Wo, cb), itype.dtype)
+    resv = np.empty((Do * Ho * Wo, cb), x.dtype)
+    resi = np.empty((Do * Ho * Wo, cb), itype.dtype)
+    v = np.empty(cb, x.dtype)
+    tv = np.empty(cb, x.dtype)
+    ti = np.empty(cb, itype.dtype)
+    blocks = (C + cb - 1) // cb
+    first, last = _chunk(t, N * blocks, nt)
+    for item in range(first, last):
+        n, b = item // blocks, item % blocks
+        c0 = b * cb
+        m = min(cb, C - c0)
+        base = n * sn + c0 * sc
+        for d in range(D):
+            for h in range(H):
+                for ow in range(Wo):
+                    bv, bi = rv[d, h, ow], ri[d, h, ow]
+                    flat = (d * H + h) * W + ws[ow]
+                    _load(bv, x, base + flat * sp, sc, m)
+                    for j in range(m):
+                        bi[j] = flat
+                    for _w in range(ws[ow] + 1, we[ow]):
+                        flat += 1
+                        _load(v, x, base + flat * sp, sc, m)
+                        for j in range(m):
+                            a, old = v[j], bv[j]
+                            take = (a > old) | (a != a)
+                            tv[j] = a if take else old
+                            ti[j] = flat if take else bi[j]
+                        for j in range(m):
+                            bv[j] = tv[j]
+                            bi[j] = ti[j]
+        k = 0
+        for od in range(Do):
+            for oh in range(Ho):
+                for ow in range(Wo):
+                    dv, di = resv[k], resi[k]
+                    sv, si = rv[ds[od], hs[oh], ow], ri[ds[od], hs[oh], ow]
+                    for j in range(m):
+                        dv[j] = sv[j]
+                        di[j] = si[j]
+                    for d in range(ds[od], de[od]):
+                        for h in range(hs[oh], he[oh]):
+                            if d != ds[od] or h != hs[oh]:
+                                sv, si = rv[d, h, ow], ri[d, h, ow]
+                                for j in range(m):
+                                    a, old = sv[j], dv[j]
+                                    take = (a > old) | (a != a)
+                                    tv[j] = a if take else old
+                                    ti[j] = si[j] if take else di[j]
+                                for j in range(m):
+                                    dv[j] = tv[j]
+                                    di[j] = ti[j]
+                    k += 1
+        _store_planes(resv, out, n, c0, m)
+        _store_planes(resi, indices, n, c0, m)
+
+
+@_kernel("in", "any", "int", "int", "int", "int", "int")
+def _avg_bwd_small(nt, go, gi, Do, Ho, Wo, sc, cb):
+    for t in prange(nt):
+        _avg_bwd_small_part(np.int64(t), nt, go, gi, Do, Ho, Wo, sc, cb)
+
+
+@njit(error_model="numpy")
+def _avg_bwd_small_part(t, nt, go, gi, Do, Ho, Wo, sc, cb):
+    """The terms and their order are those of :func:`_avg_bwd_planar_part`, so the bits are
+    the same: per input row, ``acc[ow]`` sums the covering cells' weighted gradients over
+    (od, oh); each element then sums ``acc`` over its covering ``ow``."""
+    N, C, D, H, W = gi.shape
+    sp = C if sc == 1 else 1
+    sn = C * Do * Ho * Wo
+    ds, de = _bounds(D, Do)
+    hs, he = _bounds(H, Ho)
+    ws, we = _bounds(W, Wo)
+    cds, cde = _bounds(Do, D)
+    chs, che = _bounds(Ho, H)
+    cws, cwe = _bounds(Wo, W)
+    weight = np.empty((Do, Ho, Wo), np.float64)
+    for od in range(Do):
+        for oh in range(Ho):
+            size = (de[od] - ds[od]) * (he[oh] - hs[oh])
+            for ow in range(Wo):
+                weight[od, oh, ow] = 1.0 / (size * (we[ow] - ws[ow]))
+    acc = np.empty((Wo, cb), np.float64)
+    res = np.empty((D * H * W, cb), np.float64)
+    g = np.empty(cb, go.dtype)
+    blocks = (C + cb - 1) // cb
+    first, last = _chunk(t, N * blocks, nt)
+    for item in range(first, last):
+        n, b = item // blocks, item % blocks
+        c0 = b * cb
+        m = min(cb, C - c0)
+        base = n * sn + c0 * sc
+        k = 0
+        for d in range(D):
+            for h in range(H):
+                for ow in range(Wo):
+                    a = acc[ow]
+                    for j in range(m):
+                        a[j] = 0.0
+                    for od in range(cds[d], cde[d]):
+                        for oh in range(chs[h], che[h]):
+                            _load(g, go, base + ((od * Ho + oh) * Wo + ow) * sp, sc, m)
+                            wt = weight[od, oh, ow]
+                            for j in range(m):
+                                a[j] += g[j] * wt
+                for w in range(W):
+                    dst = res[k]
+                    for j in range(m):
+                        dst[j] = 0.0
+                    for ow in range(cws[w], cwe[w]):
+                        a = acc[ow]
+                        for j in range(m):
+                            dst[j] += a[j]
+                    k += 1
+        _store_planes(res, gi, n, c0, m)
+
+
+@_kernel("in", "in", "any", "int", "int", "int", "int", "int")
+def _max_bwd_small(nt, go, indices, gi, Do, Ho, Wo, sc, cb):
+    for t in prange(nt):
+        _max_bwd_small_part(np.int64(t), nt, go, indices, gi, Do, Ho, Wo, sc, cb)
+
+
+@njit(error_model="numpy")
+def _max_bwd_small_part(t, nt, go, indices, gi, Do, Ho, Wo, sc, cb):
+    """The SPEC's loop: every output cell, in output order, adds its gradient at its index
+    (in ``cb`` planes at once: independent additions, no chain through memory)."""
+    N, C, D, H, W = gi.shape
+    sp = C if sc == 1 else 1
+    sn = C * Do * Ho * Wo
+    res = np.empty((D * H * W, cb), np.float64)
+    flat = res.reshape(-1)
+    g = np.empty(cb, go.dtype)
+    ix = np.empty(cb, np.int64)
+    blocks = (C + cb - 1) // cb
+    first, last = _chunk(t, N * blocks, nt)
+    for item in range(first, last):
+        n, b = item // blocks, item % blocks
+        c0 = b * cb
+        m = min(cb, C - c0)
+        base = n * sn + c0 * sc
+        for i in range(len(flat)):
+            flat[i] = 0.0
+        for cell in range(Do * Ho * Wo):
+            _load(g, go, base + cell * sp, sc, m)
+            _load(ix, indices, base + cell * sp, sc, m)
+            for j in range(m):
+                flat[np.uint64(ix[j] * cb + j)] += g[j]
+        _store_planes(res, gi, n, c0, m)
+
+
 # ------------------------------------------------------------------------------ layouts
 
 
@@ -812,8 +1115,56 @@ def _position_type(x):
 # ---------------------------------------------------------------------------- interface
 
 
+#: Largest plane (input, output, and input rows times output width) of the small-plane
+#: kernels, and their channels per work item.
+_SMALL_PLANE = 1024
+_SMALL_BLOCK = 32
+
+
+def _small_planes(inp, outp):
+    """Whether the small-plane kernels run ``inp -> outp`` (forward: x -> out, backward:
+    grad_output -> grad_input) in place. Not for a single output cell per plane (global
+    pooling: the planar and channels-last kernels stream it), nor when both sides are
+    channels-last (the channels-last kernels vectorise there without a store pass). The
+    choice depends on the spatial shapes and the layouts only (channels-last as
+    :func:`_pick_layout` decides it), so a chunk of an array takes the same path as the
+    whole."""
+    _, _, d, h, w = inp.shape
+    _, _, do, ho, wo = outp.shape
+    if max(d * h * w, do * ho * wo, d * h * wo, do * ho * w) > _SMALL_PLANE:
+        return False
+    if min(d * h * w, do * ho * wo) == 1:
+        return False
+    if _is_channels_last(inp) and _is_channels_last(outp):
+        return False
+    return outp.flags.aligned
+
+
+def _small_input(a):
+    """An input of the small-plane kernels: ``(flat C-contiguous data, channel stride)``, in
+    place for channels-last or planar memory, else through a planar copy."""
+    n, c, d, h, w = a.shape
+    if a.strides[1] == a.itemsize or c == 1:
+        view = _channels_last(a)
+        if view is not None:
+            return view.reshape(-1), 1
+    view = _planar(a)
+    if view is None:
+        view = _planar_copy(a)
+    return view.reshape(-1), (d * h * w if c > 1 else 1)
+
+
+def _block(a):
+    """Channels per work item of the small-plane kernels."""
+    return min(a.shape[1], _SMALL_BLOCK)
+
+
 def avg_forward(x, out):
     """``out[n, c, od, oh, ow]`` = mean of the window of ``x`` (float64 sums)."""
+    if _small_planes(x, out) and not _is_channels_last(x):
+        flat, sc = _small_input(x)
+        _avg_fwd_small(x.size + out.size, flat, out, *x.shape[2:], sc, _block(x))
+        return
     target = _writable(out)
     channels_last, xv = _pick_layout(x)
     n, c, d, h, w = x.shape
@@ -829,6 +1180,12 @@ def avg_forward(x, out):
 
 def max_forward(x, out, indices):
     """Window maximum (SPEC rules for ties, NaN, -inf) and its flat position in the plane."""
+    if _small_planes(x, out) and not _is_channels_last(x) and indices.flags.aligned:
+        work = x.size + 2 * out.size
+        flat, sc = _small_input(x)
+        itype = _position_type(x)
+        _max_fwd_small(work, flat, out, indices, itype, *x.shape[2:], sc, _block(x))
+        return
     target, itarget = _writable(out), _writable(indices)
     channels_last, xv = _pick_layout(x)
     n, c, d, h, w = x.shape
@@ -850,6 +1207,22 @@ def _backward(kind, inputs, grad_input):
     n, c, d, h, w = grad_input.shape
     _, _, do, ho, wo = inputs[0].shape
     work = grad_input.size + len(inputs) * inputs[0].size
+    # A max gradient between planar arrays stays with the planar kernel, whose slab is the
+    # whole plane there.
+    planar_max = kind == "max" and not _is_channels_last(inputs[0])
+    if _small_planes(inputs[0], grad_input) and not planar_max:
+        flats = [_small_input(a) for a in inputs]
+        sc = flats[0][1]
+        gi_planar = None if _is_channels_last(grad_input) else _planar(grad_input)
+        if kind == "max" and gi_planar is not None and flats[1][1] == sc == 1:
+            # a scatter into whole planes, four at a time, beats the channel blocks here
+            _max_bwd_whole(work, flats[0][0], flats[1][0], gi_planar, c, sc)
+            return
+        if len({sc for _, sc in flats}) == 1:
+            kernel = _avg_bwd_small if kind == "avg" else _max_bwd_small
+            args = [f for f, _ in flats]
+            kernel(work, *args, grad_input, do, ho, wo, sc, _block(grad_input))
+            return
     channels_last = _is_channels_last(grad_input)
     view = _channels_last(grad_input) if channels_last else _planar(grad_input)
     target = view
