@@ -43,6 +43,10 @@ def _pick_build():
 
 
 _cy = _pick_build()
+_max_threads = _cy.max_threads
+_avg_forward, _max_forward = _cy.avg_forward, _cy.max_forward
+_avg_backward, _max_backward = _cy.avg_backward, _cy.max_backward
+_F32 = np.dtype(np.float32)
 
 NATIVE_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -50,7 +54,7 @@ NATIVE_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 OPENMP: bool = bool(_cy.OPENMP)
 
 # Below this many elements touched, starting a thread team costs more than it saves.
-_SERIAL_BELOW = 1 << 15
+_SERIAL_BELOW = 1 << 18
 
 _num_threads: int | None = None
 
@@ -71,7 +75,7 @@ def get_num_threads() -> int:
     """Threads a large call uses now: :func:`set_num_threads`'s value, else OpenMP's default."""
     if not OPENMP:
         return 1
-    return _num_threads if _num_threads is not None else max(1, _cy.max_threads())
+    return _num_threads if _num_threads is not None else max(1, _max_threads())
 
 
 def describe() -> str:
@@ -88,21 +92,30 @@ def describe() -> str:
 
 
 def _threads(work: int) -> int:
-    return 1 if work < _SERIAL_BELOW else get_num_threads()
+    if work < _SERIAL_BELOW:
+        return 1
+    return _num_threads if _num_threads is not None else max(1, _max_threads())
 
 
-def _layout(a: np.ndarray) -> str:
-    """'planar' (rows contiguous), 'channels_last' (channel stride 1) or 'other' (5-D view)."""
-    w = a.shape[4]
-    _, sc, _, _, sw = a.strides
-    # Channel stride 1 first, whatever C is: a one-channel slice of (N, ..., C) data must take
-    # the kernel its whole array takes (dask chunks are compared bit for bit with the
-    # in-memory result, and the two kernels add in different orders).
-    if sc == a.itemsize:
-        return "channels_last"
-    if sw == a.itemsize or w == 1:
-        return "planar"
-    return "other"
+def _channels_last(a: np.ndarray) -> bool | None:
+    """True (channel stride 1), False (rows contiguous) or None (other strides, or
+    unaligned): the layout a kernel reads ``a`` in, None when it needs a copy first.
+
+    Channel stride 1 wins whatever C is: a one-channel slice of (N, ..., C) data must take
+    the kernel its whole array takes (dask chunks are compared bit for bit with the in-memory
+    result, and the two kernels add in different orders).
+    """
+    strides, isz = a.strides, a.itemsize
+    if strides[1] == isz:
+        layout = True
+    elif strides[4] == isz or a.shape[4] == 1:
+        layout = False
+    else:
+        return None
+    # Kernels address whole elements: NumPy's "aligned" flag says the data pointer and the
+    # strides are multiples of the item size (dask's distributed workers hand out unaligned
+    # chunks).
+    return layout if a.flags.aligned else None
 
 
 def _empty(shape, dtype, channels_last: bool) -> np.ndarray:
@@ -113,19 +126,13 @@ def _empty(shape, dtype, channels_last: bool) -> np.ndarray:
     return np.moveaxis(np.empty((n, d, h, w, c), dtype), -1, 1)
 
 
-def _prepare(a: np.ndarray, copy_in: bool) -> tuple[np.ndarray, bool]:
-    """The array a kernel works on for ``a`` (itself, or one copy/stand-in), and whether it
-    is channels-last.
+def _stand_in(a: np.ndarray, copy_in: bool) -> tuple[np.ndarray, bool]:
+    """One array a kernel works on for ``a`` (which _channels_last refused), and its layout.
 
-    Kernels address whole elements: NumPy's "aligned" flag says the data pointer and the
-    strides are multiples of the item size. An unaligned array (dask's distributed workers
-    hand out such chunks) is copied in its own layout, which keeps the kernel, and so the
-    bits, of the in-memory call; strides no kernel reads in place get a C-order copy.
+    An unaligned array is copied in its own layout, which keeps the kernel, and so the bits,
+    of the in-memory call; strides no kernel reads in place get a C-order copy.
     """
-    layout = _layout(a)
-    if a.flags.aligned and layout != "other":
-        return a, layout == "channels_last"
-    channels_last = layout == "channels_last"
+    channels_last = a.strides[1] == a.itemsize
     b = _empty(a.shape, a.dtype, channels_last)
     if copy_in:
         b[...] = a
@@ -137,26 +144,32 @@ def _aligned(a: np.ndarray) -> np.ndarray:
     return a if a.flags.aligned else np.array(a, order="C")  # a new array is aligned
 
 
-def _checked_out(a: np.ndarray) -> np.ndarray:
-    # Outputs are written through their strides; only unaligned ones need a stand-in.
-    return a if a.flags.aligned else np.empty(a.shape, a.dtype)
-
-
 def avg_forward(x: np.ndarray, out: np.ndarray) -> None:
-    x, channels_last = _prepare(x, copy_in=True)
-    o = _checked_out(out)
-    _cy.avg_forward(x, o, channels_last, _threads(x.size + o.size))
-    if o is not out:
-        out[...] = o
+    channels_last = _channels_last(x)
+    if channels_last is None:
+        x, channels_last = _stand_in(x, True)
+    if out.flags.aligned:  # outputs are written through their strides
+        _avg_forward(x, out, channels_last, _threads(x.size + out.size))
+        return
+    o = np.empty(out.shape, out.dtype)
+    _avg_forward(x, o, channels_last, _threads(x.size + o.size))
+    out[...] = o
 
 
 def max_forward(x: np.ndarray, out: np.ndarray, indices: np.ndarray) -> None:
-    x, channels_last = _prepare(x, copy_in=True)
-    if channels_last and x.dtype == np.float32 and x[0, 0].size >= 2**31:
+    channels_last = _channels_last(x)
+    if channels_last is None:
+        x, channels_last = _stand_in(x, True)
+    if channels_last and x.dtype == _F32 and x.size // (x.shape[0] * x.shape[1]) >= 2**31:
         # that kernel keeps float32 positions in int32; a plane this large goes planar
         x, channels_last = np.array(x, order="C"), False
-    o, i = _checked_out(out), _checked_out(indices)
-    _cy.max_forward(x, o, i, channels_last, _threads(x.size + o.size))
+    if out.flags.aligned and indices.flags.aligned:
+        _max_forward(x, out, indices, channels_last, _threads(x.size + out.size))
+        return
+    # stand-ins for unaligned outputs, written then copied back
+    o = out if out.flags.aligned else np.empty(out.shape, out.dtype)
+    i = indices if indices.flags.aligned else np.empty(indices.shape, indices.dtype)
+    _max_forward(x, o, i, channels_last, _threads(x.size + o.size))
     if o is not out:
         out[...] = o
     if i is not indices:
@@ -164,16 +177,20 @@ def max_forward(x: np.ndarray, out: np.ndarray, indices: np.ndarray) -> None:
 
 
 def avg_backward(grad_output: np.ndarray, grad_input: np.ndarray) -> None:
-    gi, channels_last = _prepare(grad_input, copy_in=False)
+    gi, channels_last = grad_input, _channels_last(grad_input)
+    if channels_last is None:
+        gi, channels_last = _stand_in(grad_input, False)
     g = _aligned(grad_output)
-    _cy.avg_backward(g, gi, channels_last, _threads(gi.size + g.size))
+    _avg_backward(g, gi, channels_last, _threads(gi.size + g.size))
     if gi is not grad_input:
         grad_input[...] = gi
 
 
 def max_backward(grad_output: np.ndarray, indices: np.ndarray, grad_input: np.ndarray) -> None:
-    gi, channels_last = _prepare(grad_input, copy_in=False)
+    gi, channels_last = grad_input, _channels_last(grad_input)
+    if channels_last is None:
+        gi, channels_last = _stand_in(grad_input, False)
     g, i = _aligned(grad_output), _aligned(indices)
-    _cy.max_backward(g, i, gi, channels_last, _threads(gi.size + g.size))
+    _max_backward(g, i, gi, channels_last, _threads(gi.size + g.size))
     if gi is not grad_input:
         grad_input[...] = gi

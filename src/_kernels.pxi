@@ -2,6 +2,7 @@
 # (mirrors fastpool/_numpy.py; twin of fastpool/_numba.py). See src/_cy.pyx for the design.
 
 cimport cython
+cimport numpy as cnp
 from cython cimport floating
 from cython.parallel cimport prange, threadid
 from libc.math cimport INFINITY
@@ -124,6 +125,43 @@ cdef void* _alloc(size_t nbytes) except NULL:
     return p
 
 
+cdef inline const Py_ssize_t* _shape(cnp.ndarray a) noexcept:
+    return <const Py_ssize_t*>cnp.PyArray_DIMS(a)
+
+
+cdef inline const Py_ssize_t* _strides(cnp.ndarray a) noexcept:
+    return <const Py_ssize_t*>cnp.PyArray_STRIDES(a)
+
+
+cdef int _float_kind(cnp.ndarray big, cnp.ndarray small, bint big_written) except -1:
+    """The NumPy type number (float or double) shared by a call's two float arrays.
+
+    The entry points read arrays through the NumPy C API, not typed memoryviews: acquiring
+    five 5-D buffers and dispatching a fused ``def`` on them cost microseconds per call, which
+    is most of a small call's time. These checks keep the kernels from ever seeing anything
+    but aligned, native-order, 5-D arrays of one float type (fastpool/_cython.py only passes
+    such arrays; the caller guarantees the shapes and strides agree).
+    """
+    cdef int t = cnp.PyArray_TYPE(big)
+    if t != cnp.NPY_FLOAT and t != cnp.NPY_DOUBLE:
+        raise TypeError("fastpool kernels take float32 or float64 arrays")
+    _check_array(big, t, big_written)
+    _check_array(small, t, not big_written)
+    return t
+
+
+cdef int _check_array(cnp.ndarray a, int typenum, bint written) except -1:
+    # int64 indices may come as long or long long (same bits, two type numbers)
+    if (cnp.PyArray_NDIM(a) != 5
+            or (cnp.PyArray_TYPE(a) != typenum if typenum != cnp.NPY_INT64 else
+                not (cnp.PyArray_ISSIGNED(a) and cnp.PyArray_ITEMSIZE(a) == 8))
+            or not cnp.PyArray_ISNOTSWAPPED(a) or not cnp.PyArray_ISALIGNED(a)
+            or (written and not cnp.PyArray_ISWRITEABLE(a))):
+        raise ValueError("fastpool kernels take aligned, native-order 5-D arrays of one dtype "
+                         "(the written ones writeable)")
+    return 0
+
+
 # ------------------------------------------------------------------------- small helpers
 
 cdef inline floating _sum(const floating* p, Py_ssize_t n) noexcept nogil:
@@ -187,6 +225,29 @@ cdef inline void _add_rows(floating* dst, const floating* src, Py_ssize_t stride
     cdef Py_ssize_t k
     for k in range(count):
         _add(dst, src + k * stride, n)
+
+
+# For float32 x and 0 < n < 2**24 (n exact in float32), <float>(<double>x * (1.0 / n)) is
+# x / n correctly rounded, unless the quotient is subnormal (then it may differ in the last
+# place): a quotient not exactly halfway between two floats lies at least 2**-25 / n
+# (relative) away from that halfway point, and the double product is within 2**-52 of the
+# quotient; one exactly halfway needs n a power of two, when the product is exact. A vector
+# divide costs as much as 5-10 multiplies, and small channels-last windows do little else.
+cdef enum:
+    _EXACT_RCP = 1 << 24
+
+
+cdef inline void _scale(floating* acc, Py_ssize_t count, Py_ssize_t n) noexcept nogil:
+    """``acc[:n] /= count`` (see _EXACT_RCP)."""
+    cdef Py_ssize_t i
+    cdef floating cnt = <floating>count
+    cdef double rcp = 1.0 / <double>count
+    if floating is float and count < _EXACT_RCP:
+        for i in range(n):
+            acc[i] = <float>(<double>acc[i] * rcp)
+    else:
+        for i in range(n):
+            acc[i] = acc[i] / cnt
 
 
 cdef inline void _fill(floating* dst, floating v, Py_ssize_t n) noexcept nogil:
@@ -423,22 +484,17 @@ cdef void _avg_fwd_cl(const floating* x, floating* out, floating* buf, Geom g,
                     else:
                         fp_add_positions_double(acc, xp + d * g.bd + h * g.bh + w0 * g.bw,
                                                 w1 - w0, g.bw, nc)
-            cnt = <floating>((d1 - d0) * (h1 - h0) * (w1 - w0))
-            for c in range(nc):
-                acc[c] = acc[c] / cnt
+            _scale(acc, (d1 - d0) * (h1 - h0) * (w1 - w0), nc)
             cell = cell + 1
     _store_cl(out + n * g.sn + c0 * g.sc + od * g.sd + oh0 * g.sh, g, buf, oh1 - oh0, nc)
 
 
-def avg_forward(const floating[:, :, :, :, :] x, floating[:, :, :, :, :] out,
-                bint channels_last, int num_threads):
+cdef int _avg_forward(const floating* xp, floating* op, cnp.ndarray x, cnp.ndarray out,
+                      bint channels_last, int num_threads) except -1:
     """``out`` = window means of ``x`` (rows contiguous, or channel stride 1 if channels_last)."""
-    cdef Geom g = _geom(&x.shape[0], &x.strides[0], &out.shape[0],
-                        &out.strides[0], sizeof(floating))
+    cdef Geom g = _geom(_shape(x), _strides(x), _shape(out), _strides(out), sizeof(floating))
     cdef Py_ssize_t task, ntasks, bufsize
     cdef int nt
-    cdef const floating* xp = &x[0, 0, 0, 0, 0]
-    cdef floating* op = &out[0, 0, 0, 0, 0]
     cdef floating* scratch = NULL
     cdef Py_ssize_t* wd = <Py_ssize_t*>_alloc(2 * (g.od + g.oh + g.ow) * sizeof(Py_ssize_t))
     cdef Py_ssize_t* wh = wd + 2 * g.od
@@ -453,9 +509,14 @@ def avg_forward(const floating[:, :, :, :, :] x, floating[:, :, :, :, :] out,
             bufsize = _per_thread(g.cbs * g.ow * g.ohb)
         elif _global_planes(&g, num_threads):
             _task_threads(g.nib, num_threads, &nt)
-            for task in prange(g.nib, nogil=True, schedule='static', num_threads=nt):
-                _fwd_global(xp, op, NULL, g, False, task)
-            return
+            if nt == 1:  # no thread team for one thread
+                with nogil:
+                    for task in range(g.nib):
+                        _fwd_global(xp, op, NULL, g, False, task)
+            else:
+                for task in prange(g.nib, nogil=True, schedule='static', num_threads=nt):
+                    _fwd_global(xp, op, NULL, g, False, task)
+            return 0
         else:
             _plane_blocks(&g, g.od * g.oh, num_threads)
             ntasks = g.n * g.c * g.nib
@@ -463,15 +524,27 @@ def avg_forward(const floating[:, :, :, :, :] x, floating[:, :, :, :, :] out,
         _task_threads(ntasks, num_threads, &nt)
         scratch = <floating*>_alloc(nt * bufsize * sizeof(floating))
         if channels_last:
-            for task in prange(ntasks, nogil=True, schedule='static', num_threads=nt):
-                _avg_fwd_cl(xp, op, scratch + threadid() * bufsize, g, wd, wh, ww, task)
+            if nt == 1:  # no thread team for one thread
+                with nogil:
+                    for task in range(ntasks):
+                        _avg_fwd_cl(xp, op, scratch, g, wd, wh, ww, task)
+            else:
+                for task in prange(ntasks, nogil=True, schedule='static', num_threads=nt):
+                    _avg_fwd_cl(xp, op, scratch + threadid() * bufsize, g, wd, wh, ww, task)
         else:
-            for task in prange(ntasks, nogil=True, schedule='static', num_threads=nt):
-                _fwd_planar(xp, op, NULL, scratch + threadid() * bufsize, g, wd, wh, ww,
-                            False, task)
+            if nt == 1:  # no thread team for one thread
+                with nogil:
+                    for task in range(ntasks):
+                        _fwd_planar(xp, op, NULL, scratch, g, wd, wh, ww,
+                                    False, task)
+            else:
+                for task in prange(ntasks, nogil=True, schedule='static', num_threads=nt):
+                    _fwd_planar(xp, op, NULL, scratch + threadid() * bufsize, g, wd, wh, ww,
+                                False, task)
     finally:
         free(wd)
         free(scratch)
+    return 0
 
 
 # ========================================================================= max forward
@@ -691,17 +764,14 @@ cdef void _max_fwd_cl(const floating* x, floating* out, int64_t* idx, floating* 
                     ip[c * g.ic + oh * g.ih + ow * g.iw] = kw[(oh * g.ow + ow) * nc + c]
 
 
-def max_forward(const floating[:, :, :, :, :] x, floating[:, :, :, :, :] out,
-                int64_t[:, :, :, :, :] indices, bint channels_last, int num_threads):
+cdef int _max_forward(const floating* xp, floating* op, cnp.ndarray x, cnp.ndarray out,
+                      cnp.ndarray indices, bint channels_last, int num_threads) except -1:
     """``out``/``indices`` = window maxima of ``x`` and their flat positions in the plane."""
-    cdef Geom g = _geom(&x.shape[0], &x.strides[0], &out.shape[0],
-                        &out.strides[0], sizeof(floating))
-    _set_index_strides(&g, &indices.strides[0])
+    cdef Geom g = _geom(_shape(x), _strides(x), _shape(out), _strides(out), sizeof(floating))
+    _set_index_strides(&g, _strides(indices))
     cdef Py_ssize_t task, ntasks, bufsize
     cdef int nt
-    cdef const floating* xp = &x[0, 0, 0, 0, 0]
-    cdef floating* op = &out[0, 0, 0, 0, 0]
-    cdef int64_t* ip = &indices[0, 0, 0, 0, 0]
+    cdef int64_t* ip = <int64_t*>cnp.PyArray_DATA(indices)
     cdef floating* mbuf = NULL
     cdef int64_t* kbuf = NULL
     cdef Py_ssize_t* wd = <Py_ssize_t*>_alloc(2 * (g.od + g.oh + g.ow) * sizeof(Py_ssize_t))
@@ -719,13 +789,24 @@ def max_forward(const floating[:, :, :, :, :] x, floating[:, :, :, :, :] out,
             mbuf = <floating*>_alloc(nt * bufsize * sizeof(floating))
             # per thread: running positions (int32 or double), then the same widened to int64
             kbuf = <int64_t*>_alloc(2 * nt * bufsize * sizeof(int64_t))
-            for task in prange(ntasks, nogil=True, schedule='static', num_threads=nt):
-                _max_fwd_cl(xp, op, ip, mbuf + threadid() * bufsize,
-                            <void*>(kbuf + 2 * threadid() * bufsize), g, wd, wh, ww, task)
+            if nt == 1:  # no thread team for one thread
+                with nogil:
+                    for task in range(ntasks):
+                        _max_fwd_cl(xp, op, ip, mbuf,
+                                    <void*>kbuf, g, wd, wh, ww, task)
+            else:
+                for task in prange(ntasks, nogil=True, schedule='static', num_threads=nt):
+                    _max_fwd_cl(xp, op, ip, mbuf + threadid() * bufsize,
+                                <void*>(kbuf + 2 * threadid() * bufsize), g, wd, wh, ww, task)
         elif _global_planes(&g, num_threads):
             _task_threads(g.nib, num_threads, &nt)
-            for task in prange(g.nib, nogil=True, schedule='static', num_threads=nt):
-                _fwd_global(xp, op, ip, g, True, task)
+            if nt == 1:  # no thread team for one thread
+                with nogil:
+                    for task in range(g.nib):
+                        _fwd_global(xp, op, ip, g, True, task)
+            else:
+                for task in prange(g.nib, nogil=True, schedule='static', num_threads=nt):
+                    _fwd_global(xp, op, ip, g, True, task)
         else:
             _plane_blocks(&g, g.od * g.oh, num_threads)
             ntasks = g.n * g.c * g.nib
@@ -735,13 +816,20 @@ def max_forward(const floating[:, :, :, :, :] x, floating[:, :, :, :, :] out,
                 # per thread: W column maxima, W positions (8 bytes each at most), W doubles
                 bufsize = _per_thread(g.w + (16 * g.w) // sizeof(floating))
                 mbuf = <floating*>_alloc(nt * bufsize * sizeof(floating))
-            for task in prange(ntasks, nogil=True, schedule='static', num_threads=nt):
-                _fwd_planar(xp, op, ip, mbuf + threadid() * bufsize if mbuf != NULL else NULL,
-                            g, wd, wh, ww, True, task)
+            if nt == 1:  # no thread team for one thread
+                with nogil:
+                    for task in range(ntasks):
+                        _fwd_planar(xp, op, ip, mbuf,
+                                    g, wd, wh, ww, True, task)
+            else:
+                for task in prange(ntasks, nogil=True, schedule='static', num_threads=nt):
+                    _fwd_planar(xp, op, ip, mbuf + threadid() * bufsize if mbuf != NULL else NULL,
+                                g, wd, wh, ww, True, task)
     finally:
         free(wd)
         free(mbuf)
         free(kbuf)
+    return 0
 
 
 # ========================================================================= average backward
@@ -756,6 +844,7 @@ cdef inline void _avg_bwd_rowvals(const floating* gp, floating* rv, Geom g,
     cdef const floating* src
     cdef floating* dst
     cdef floating cnt
+    cdef double rcp
     for ow in range(g.ow):
         dst = rv + ow * nc
         for c in range(nc):
@@ -767,8 +856,17 @@ cdef inline void _avg_bwd_rowvals(const floating* gp, floating* rv, Geom g,
                 cnt = <floating>(kdh * (ww[2 * ow + 1] - ww[2 * ow]))
                 src = gp + od * g.sd + oh * g.sh + ow * g.sw
                 dst = rv + ow * nc
-                for c in range(nc):
-                    dst[c] = dst[c] + src[c * cstride] / cnt
+                if cstride == 1:  # channels-last grad_output: a vector loop
+                    if floating is float and kdh * (ww[2 * ow + 1] - ww[2 * ow]) < _EXACT_RCP:
+                        rcp = 1.0 / <double>(kdh * (ww[2 * ow + 1] - ww[2 * ow]))
+                        for c in range(nc):
+                            dst[c] = dst[c] + <float>(<double>src[c] * rcp)
+                    else:
+                        for c in range(nc):
+                            dst[c] = dst[c] + src[c] / cnt
+                else:
+                    for c in range(nc):
+                        dst[c] = dst[c] + src[c * cstride] / cnt
 
 
 cdef void _avg_bwd_planar(const floating* go, floating* gi, floating* rv, Geom g,
@@ -833,15 +931,13 @@ cdef void _avg_bwd_cl(const floating* go, floating* gi, floating* buf, Geom g,
         _copy_strided(row + (h - run[0]) * g.bh, g.bw, row, g.bw, g.w, nc)
 
 
-def avg_backward(const floating[:, :, :, :, :] grad_output, floating[:, :, :, :, :] grad_input,
-                 bint channels_last, int num_threads):
+cdef int _avg_backward(const floating* gop, floating* gip, cnp.ndarray grad_output,
+                       cnp.ndarray grad_input, bint channels_last, int num_threads) except -1:
     """Gather: ``grad_input`` (rows contiguous, or channel stride 1) written once, no zero fill."""
-    cdef Geom g = _geom(&grad_input.shape[0], &grad_input.strides[0], &grad_output.shape[0],
-                        &grad_output.strides[0], sizeof(floating))
+    cdef Geom g = _geom(_shape(grad_input), _strides(grad_input), _shape(grad_output),
+                        _strides(grad_output), sizeof(floating))
     cdef Py_ssize_t nhr, nwr, task, ntasks, bufsize
     cdef int nt
-    cdef const floating* gop = &grad_output[0, 0, 0, 0, 0]
-    cdef floating* gip = &grad_input[0, 0, 0, 0, 0]
     cdef floating* scratch = NULL
     cdef Py_ssize_t* wd = <Py_ssize_t*>_alloc(
         (2 * (g.od + g.oh + g.ow + g.d) + 4 * (g.h + g.w)) * sizeof(Py_ssize_t))
@@ -868,16 +964,29 @@ def avg_backward(const floating[:, :, :, :, :] grad_output, floating[:, :, :, :,
         _task_threads(ntasks, num_threads, &nt)
         scratch = <floating*>_alloc(nt * bufsize * sizeof(floating))
         if channels_last:
-            for task in prange(ntasks, nogil=True, schedule='static', num_threads=nt):
-                _avg_bwd_cl(gop, gip, scratch + threadid() * bufsize, g, wd, wh, ww,
-                            cover_d, hruns, nhr, wruns, nwr, task)
-        else:
-            for task in prange(ntasks, nogil=True, schedule='static', num_threads=nt):
-                _avg_bwd_planar(gop, gip, scratch + threadid() * bufsize, g, wd, wh, ww,
+            if nt == 1:  # no thread team for one thread
+                with nogil:
+                    for task in range(ntasks):
+                        _avg_bwd_cl(gop, gip, scratch, g, wd, wh, ww,
+                                    cover_d, hruns, nhr, wruns, nwr, task)
+            else:
+                for task in prange(ntasks, nogil=True, schedule='static', num_threads=nt):
+                    _avg_bwd_cl(gop, gip, scratch + threadid() * bufsize, g, wd, wh, ww,
                                 cover_d, hruns, nhr, wruns, nwr, task)
+        else:
+            if nt == 1:  # no thread team for one thread
+                with nogil:
+                    for task in range(ntasks):
+                        _avg_bwd_planar(gop, gip, scratch, g, wd, wh, ww,
+                                        cover_d, hruns, nhr, wruns, nwr, task)
+            else:
+                for task in prange(ntasks, nogil=True, schedule='static', num_threads=nt):
+                    _avg_bwd_planar(gop, gip, scratch + threadid() * bufsize, g, wd, wh, ww,
+                                    cover_d, hruns, nhr, wruns, nwr, task)
     finally:
         free(wd)
         free(scratch)
+    return 0
 
 
 # ========================================================================= max backward
@@ -983,35 +1092,44 @@ cdef void _max_bwd_cl_slab(const floating* go, const int64_t* idx, floating* gi,
                     base[ip[c * g.ic] * g.c + c] = base[ip[c * g.ic] * g.c + c] + gp[c * g.sc]
 
 
-def max_backward(const floating[:, :, :, :, :] grad_output, const int64_t[:, :, :, :, :] indices,
-                 floating[:, :, :, :, :] grad_input, bint channels_last, int num_threads):
+cdef int _max_backward(const floating* gop, floating* gip, cnp.ndarray grad_output,
+                       cnp.ndarray indices, cnp.ndarray grad_input, bint channels_last,
+                       int num_threads) except -1:
     """Zero, then scatter-add in output order, each element by one thread: deterministic
     without atomics (planar: one plane per task; channels-last: one run of rows per task)."""
-    cdef Geom g = _geom(&grad_input.shape[0], &grad_input.strides[0], &grad_output.shape[0],
-                        &grad_output.strides[0], sizeof(floating))
-    _set_index_strides(&g, &indices.strides[0])
+    cdef Geom g = _geom(_shape(grad_input), _strides(grad_input), _shape(grad_output),
+                        _strides(grad_output), sizeof(floating))
+    _set_index_strides(&g, _strides(indices))
     cdef bint dense = ((g.h == 1 or g.bh == g.w * g.bw)
                        and (g.d == 1 or g.bd == g.h * g.w * g.bw))
     cdef Py_ssize_t task, ntasks, nhr
     cdef int nt
-    cdef const floating* gop = &grad_output[0, 0, 0, 0, 0]
-    cdef const int64_t* ip = &indices[0, 0, 0, 0, 0]
-    cdef floating* gip = &grad_input[0, 0, 0, 0, 0]
+    cdef const int64_t* ip = <const int64_t*>cnp.PyArray_DATA(indices)
     cdef Py_ssize_t* cover_d
     cdef Py_ssize_t* hruns
     if not channels_last:
         ntasks = g.n * g.c
         _task_threads(ntasks, num_threads, &nt)
-        for task in prange(ntasks, nogil=True, schedule='static', num_threads=nt):
-            _max_bwd_planar(gop, ip, gip, g, dense, task)
-        return
+        if nt == 1:  # no thread team for one thread
+            with nogil:
+                for task in range(ntasks):
+                    _max_bwd_planar(gop, ip, gip, g, dense, task)
+        else:
+            for task in prange(ntasks, nogil=True, schedule='static', num_threads=nt):
+                _max_bwd_planar(gop, ip, gip, g, dense, task)
+        return 0
     if (dense and g.bw == g.c and g.n >= 4 * num_threads
             and g.d * g.h * g.w * g.c * sizeof(floating) <= 65536):
         # small dense (n) slabs, enough of them: one per task, like the planar planes
         _task_threads(g.n, num_threads, &nt)
-        for task in prange(g.n, nogil=True, schedule='static', num_threads=nt):
-            _max_bwd_cl_slab(gop, ip, gip, g, task)
-        return
+        if nt == 1:  # no thread team for one thread
+            with nogil:
+                for task in range(g.n):
+                    _max_bwd_cl_slab(gop, ip, gip, g, task)
+        else:
+            for task in prange(g.n, nogil=True, schedule='static', num_threads=nt):
+                _max_bwd_cl_slab(gop, ip, gip, g, task)
+        return 0
     cover_d = <Py_ssize_t*>_alloc((2 * g.d + 4 * g.h) * sizeof(Py_ssize_t))
     hruns = cover_d + 2 * g.d
     try:
@@ -1019,7 +1137,67 @@ def max_backward(const floating[:, :, :, :, :] grad_output, const int64_t[:, :, 
         nhr = _fill_cover_runs(hruns, g.h, g.oh)
         ntasks = g.n * g.d * nhr
         _task_threads(ntasks, num_threads, &nt)
-        for task in prange(ntasks, nogil=True, schedule='static', num_threads=nt):
-            _max_bwd_cl(gop, ip, gip, g, cover_d, hruns, nhr, task)
+        if nt == 1:  # no thread team for one thread
+            with nogil:
+                for task in range(ntasks):
+                    _max_bwd_cl(gop, ip, gip, g, cover_d, hruns, nhr, task)
+        else:
+            for task in prange(ntasks, nogil=True, schedule='static', num_threads=nt):
+                _max_bwd_cl(gop, ip, gip, g, cover_d, hruns, nhr, task)
     finally:
         free(cover_d)
+    return 0
+
+
+# ========================================================================= entry points
+
+def avg_forward(cnp.ndarray x not None, cnp.ndarray out not None, bint channels_last,
+                int num_threads):
+    """``out`` = window means of ``x`` (rows contiguous, or channel stride 1 if channels_last)."""
+    if _float_kind(x, out, False) == cnp.NPY_FLOAT:
+        _avg_forward(<const float*>cnp.PyArray_DATA(x), <float*>cnp.PyArray_DATA(out), x, out,
+                     channels_last, num_threads)
+    else:
+        _avg_forward(<const double*>cnp.PyArray_DATA(x), <double*>cnp.PyArray_DATA(out), x,
+                     out, channels_last, num_threads)
+
+
+def max_forward(cnp.ndarray x not None, cnp.ndarray out not None, cnp.ndarray indices not None,
+                bint channels_last, int num_threads):
+    """``out``/``indices`` = window maxima of ``x`` and their flat positions in the plane."""
+    cdef int t = _float_kind(x, out, False)
+    _check_array(indices, cnp.NPY_INT64, True)
+    if t == cnp.NPY_FLOAT:
+        _max_forward(<const float*>cnp.PyArray_DATA(x), <float*>cnp.PyArray_DATA(out), x, out,
+                     indices, channels_last, num_threads)
+    else:
+        _max_forward(<const double*>cnp.PyArray_DATA(x), <double*>cnp.PyArray_DATA(out), x,
+                     out, indices, channels_last, num_threads)
+
+
+def avg_backward(cnp.ndarray grad_output not None, cnp.ndarray grad_input not None,
+                 bint channels_last, int num_threads):
+    """Gather: ``grad_input`` (rows contiguous, or channel stride 1) written once, no zero fill."""
+    if _float_kind(grad_input, grad_output, True) == cnp.NPY_FLOAT:
+        _avg_backward(<const float*>cnp.PyArray_DATA(grad_output),
+                      <float*>cnp.PyArray_DATA(grad_input), grad_output, grad_input,
+                      channels_last, num_threads)
+    else:
+        _avg_backward(<const double*>cnp.PyArray_DATA(grad_output),
+                      <double*>cnp.PyArray_DATA(grad_input), grad_output, grad_input,
+                      channels_last, num_threads)
+
+
+def max_backward(cnp.ndarray grad_output not None, cnp.ndarray indices not None,
+                 cnp.ndarray grad_input not None, bint channels_last, int num_threads):
+    """``grad_input.flat_plane[indices] += grad_output``, each element by one thread."""
+    cdef int t = _float_kind(grad_input, grad_output, True)
+    _check_array(indices, cnp.NPY_INT64, False)
+    if t == cnp.NPY_FLOAT:
+        _max_backward(<const float*>cnp.PyArray_DATA(grad_output),
+                      <float*>cnp.PyArray_DATA(grad_input), grad_output, indices, grad_input,
+                      channels_last, num_threads)
+    else:
+        _max_backward(<const double*>cnp.PyArray_DATA(grad_output),
+                      <double*>cnp.PyArray_DATA(grad_input), grad_output, indices, grad_input,
+                      channels_last, num_threads)

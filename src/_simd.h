@@ -173,10 +173,13 @@ static inline void fp_add_double(double *FP_RESTRICT dst, const double *FP_RESTR
     static inline void fp_add_positions_##T(T *FP_RESTRICT acc, const T *FP_RESTRICT base,  \
                                             ptrdiff_t npos, ptrdiff_t stride, ptrdiff_t nc) { \
         ptrdiff_t c0 = 0, p, j;                                                              \
+        if (npos <= 0) return;                                                               \
         for (; c0 + B <= nc; c0 += B) {                                                      \
             T a[B];                                                                          \
-            for (j = 0; j < B; j++) a[j] = acc[c0 + j];                                      \
-            for (p = 0; p < npos; p++) {                                                     \
+            /* acc read in the first add: a plain copy into a[] compiles to narrow moves     \
+             * that the wide loads after it cannot forward from (a stall per block). */      \
+            for (j = 0; j < B; j++) a[j] = acc[c0 + j] + base[c0 + j];                       \
+            for (p = 1; p < npos; p++) {                                                     \
                 const T *x = base + p * stride + c0;                                         \
                 for (j = 0; j < B; j++) a[j] += x[j];                                        \
             }                                                                                \
