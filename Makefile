@@ -58,17 +58,24 @@ clean:
 ASV := $(PY) -m asv
 #: benchmarks to run (regex over names like "MaxPool.time_pool('numba', '32x64x5x5->7 NCHW')")
 ASV_BENCH ?= .
-#: asv-history: how many of the last commits of HEAD to time (skips those already timed)
+#: asv-history's selection: by default every op and CPU backend (and PyTorch) on two cases,
+#: plus import and first-call times: a few minutes per commit. ASV_HISTORY_BENCH=. times the
+#: whole table (hundreds of benchmarks, tens of minutes per commit).
+ASV_HISTORY_BENCH ?= time_pool\(.*(32x64x5x5->7|16x64x100x100->13) NCHW|timeraw_
+#: asv-history: how many of the last commits of HEAD to time (a benchmark already timed at a
+#: commit is skipped, so a wider ASV_HISTORY_BENCH later adds only what is missing)
 ASV_COMMITS ?= 2
 #: asv-compare: a benchmark this much slower on ASV_BRANCH than on ASV_BASE fails the target
 ASV_FACTOR ?= 1.5
 ASV_BASE ?= main
 ASV_BRANCH ?= HEAD
 #: asv-compare's selection: fastpool only. The PyTorch peer is the same code on both sides, so
-#: a "regression" of it is noise and must not fail the comparison.
+#: a "regression" of it is noise and must not fail the comparison. Narrowed further by
+#: ASV_BENCH (both must match), e.g. ASV_BENCH="MaxPool\.time_pool\('numba'" for a quick check.
 ASV_COMPARE_BENCH ?= ^(?!.*'torch')
-#: asv-smoke (CI): every op and backend on the smallest case, and the import time (~1 min)
-ASV_SMOKE ?= Pool(Backward)?(Numpy)?\.time_pool\(.*32x64x5x5->7 NCHW|timeraw_import_fastpool
+#: asv-smoke (CI): every op and backend on the smallest case, the import time and one first
+#: call (~1 min)
+ASV_SMOKE ?= Pool(Backward)?(Numpy)?\.time_pool\(.*32x64x5x5->7 NCHW|timeraw_import_fastpool|FirstCall.*'cython', 'max'\)
 
 .PHONY: bench asv-machine asv-history asv-compare asv-smoke
 
@@ -84,7 +91,7 @@ asv-machine: $(VENV)/.installed
 asv-history: asv-machine
 	mkdir -p .asv
 	git rev-list --max-count=$(ASV_COMMITS) HEAD > .asv/history-commits.txt
-	$(ASV) run --skip-existing-commits --show-stderr --bench "$(ASV_BENCH)" \
+	$(ASV) run --skip-existing --show-stderr --bench "$(ASV_HISTORY_BENCH)" \
 		HASHFILE:.asv/history-commits.txt; status=$$?; \
 	$(ASV) publish && echo "HTML report: .asv/html/index.html (view: $(ASV) preview)"; \
 	test $$status -eq 0 || echo "asv run reported failed benchmarks (exit $$status), see above"
@@ -94,7 +101,7 @@ asv-history: asv-machine
 # in the machine's load hits both).
 asv-compare: asv-machine
 	$(ASV) continuous --factor $(ASV_FACTOR) --interleave-rounds --split --show-stderr \
-		--bench "$(ASV_COMPARE_BENCH)" $(ASV_BASE) $(ASV_BRANCH)
+		--bench "^(?=.*(?:$(ASV_BENCH)))(?=.*(?:$(ASV_COMPARE_BENCH)))" $(ASV_BASE) $(ASV_BRANCH)
 
 # In the test venv, against the working tree: the suite still imports and a small subset runs.
 asv-smoke: build

@@ -84,9 +84,6 @@ def _names(cases) -> list[str]:
 
 _f64_cases = [c for c in bench.CASES if c.quick and c.size * 4 <= FLOAT64_MAX_BYTES]
 _large_cases = [c for c in bench.CASES if c.size * 4 >= LARGE_BYTES]
-
-_f64_cases = [c for c in bench.CASES if c.quick and c.size * 4 <= FLOAT64_MAX_BYTES]
-_large_cases = [c for c in bench.CASES if c.size * 4 >= LARGE_BYTES]
 _small_cases = [c for c in bench.CASES if c.size * 4 <= NUMPY_MAX_BYTES]
 _COMPILED_AND_PEER = [b for b in BACKENDS if b != "numpy"]
 

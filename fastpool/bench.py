@@ -822,7 +822,7 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m fastpool bench",
         description="Time fastpool's backends, PyTorch and the numpy reference on the standard "
-        "cases; print time, GB/s, %% of copy bandwidth and speedups.",
+        "cases; print time, GB/s, % of copy bandwidth and speedups.",
     )
     p.add_argument(
         "--backend",
