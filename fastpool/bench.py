@@ -219,14 +219,23 @@ def _fastpool_runner(data: CaseData, op: str, backend: str) -> Runner:
         ind = _to_device(data.indices) if device == "cuda" else data.indices
     f = getattr(fastpool, _FASTPOOL_FUNCS[op].format(d=d))
     o = c.output_size
+    kw = {"backend": backend}
+    if c.channels_last and device == "host":
+        # The same memory in and out as PyTorch's channels_last tensors: the arrays' physical
+        # (N, *spatial, C) order with data_format="channels_last", so results are channels-last
+        # too (a channels-first call would return, and pay for, a C-order NCHW result).
+        x, go = np.moveaxis(x, 1, -1), np.moveaxis(go, 1, -1)
+        ind = None if ind is None else np.moveaxis(ind, 1, -1)
+        shape = (shape[0], *shape[2:], shape[1])
+        kw["data_format"] = "channels_last"
     if op == "avg":
-        call = lambda: f(x, o, backend=backend)  # noqa: E731
+        call = lambda: f(x, o, **kw)  # noqa: E731
     elif op == "max":
-        call = lambda: f(x, o, True, backend=backend)  # noqa: E731 (PyTorch makes indices too)
+        call = lambda: f(x, o, True, **kw)  # noqa: E731 (PyTorch makes indices too)
     elif op == "avg_backward":
-        call = lambda: f(go, shape, backend=backend)  # noqa: E731
+        call = lambda: f(go, shape, **kw)  # noqa: E731
     else:
-        call = lambda: f(go, ind, shape, backend=backend)  # noqa: E731
+        call = lambda: f(go, ind, shape, **kw)  # noqa: E731
     return Runner(call, sync, device)
 
 
