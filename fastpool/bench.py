@@ -911,6 +911,8 @@ def _run_from_args(args) -> dict | None:
         print("no case matches the selection (see --list)", file=sys.stderr)
         return None
     backends = _split(args.backend) or default_backends()
+    if args.no_numpy and not args.backend:  # --backend numpy --no-numpy still times it
+        backends = [b for b in backends if b != "numpy"]
     for b in backends:
         if b in (TORCH, TORCH_CUDA):
             continue
