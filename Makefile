@@ -58,10 +58,10 @@ clean:
 ASV := $(PY) -m asv
 #: benchmarks to run (regex over names like "MaxPool.time_pool('numba', '32x64x5x5->7 NCHW')")
 ASV_BENCH ?= .
-#: asv-history's selection: by default every op and CPU backend (and PyTorch) on two cases,
-#: plus import and first-call times: a few minutes per commit. ASV_HISTORY_BENCH=. times the
+#: asv-history's selection: by default the four float32 ops of every CPU backend (and PyTorch)
+#: on one case, and the import time: a few minutes per commit. ASV_HISTORY_BENCH=. times the
 #: whole table (hundreds of benchmarks, tens of minutes per commit).
-ASV_HISTORY_BENCH ?= time_pool\(.*(32x64x5x5->7|16x64x100x100->13) NCHW|timeraw_
+ASV_HISTORY_BENCH ?= (Avg|Max)Pool(Backward)?\.time_pool\(.*32x64x5x5->7 NCHW|timeraw_import_fastpool
 #: asv-history: how many of the last commits of HEAD to time (a benchmark already timed at a
 #: commit is skipped, so a wider ASV_HISTORY_BENCH later adds only what is missing)
 ASV_COMMITS ?= 2
