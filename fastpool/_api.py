@@ -66,6 +66,8 @@ def _forward(kind, dims, x, output_size, return_indices, backend, out, data_form
 
 def _backward(kind, dims, grad_output, indices, input_shape, backend, out, data_format):
     channels_last = v.check_data_format(data_format)
+    if kind == "max" and indices is None:
+        raise TypeError("indices must be the int64 array returned by the max forward")
     if _is_dask(grad_output):
         from . import _dask
 
@@ -76,8 +78,6 @@ def _backward(kind, dims, grad_output, indices, input_shape, backend, out, data_
     shape, dtype = v.array_meta(grad_output, "grad_output")
     plan = v.backward_plan(shape, dtype, input_shape, dims, channels_last)
     if kind == "max":
-        if indices is None:
-            raise TypeError("indices must be the int64 array returned by the max forward")
         if not v.is_device_array(indices):
             indices = v.as_host_array(indices, "indices")
         v.check_indices_meta(indices, shape)

@@ -190,6 +190,11 @@ class _Ref:
     offset: int
     strides: tuple
 
+    @property
+    def args(self) -> tuple:
+        """The three kernel arguments that describe the array, in the kernels' order."""
+        return self.flat, self.offset, self.strides
+
 
 def _span(shape, strides, itemsize):
     """(lowest element offset, number of elements spanned) of a strided layout, in elements."""
@@ -392,12 +397,8 @@ def _forward_kernel(kind, xr: _Ref, vr: _Ref, ir: _Ref | None, plan: v.Plan):
         _launch(
             ks["avg_forward"],
             n_out << tshift,
-            xr.flat,
-            xr.offset,
-            xr.strides,
-            vr.flat,
-            vr.offset,
-            vr.strides,
+            *xr.args,
+            *vr.args,
             oshape,
             in_sp,
             tab,
@@ -407,15 +408,9 @@ def _forward_kernel(kind, xr: _Ref, vr: _Ref, ir: _Ref | None, plan: v.Plan):
         _launch(
             ks["max_forward"],
             n_out << tshift,
-            xr.flat,
-            xr.offset,
-            xr.strides,
-            vr.flat,
-            vr.offset,
-            vr.strides,
-            ir.flat,
-            ir.offset,
-            ir.strides,
+            *xr.args,
+            *vr.args,
+            *ir.args,
             oshape,
             in_sp,
             tab,
@@ -434,9 +429,7 @@ def _check_indices(ir: _Ref, plan: v.Plan, tab) -> bool:
     _launch(
         K.check_indices,
         n_out,
-        ir.flat,
-        ir.offset,
-        ir.strides,
+        *ir.args,
         tuple(int(s) for s in plan.out5),
         _spatial(plan.in5),
         tab,
@@ -462,12 +455,8 @@ def _backward_kernel(kind, gr: _Ref, ir: _Ref | None, gir: _Ref, gi_dtype, plan:
         _launch(
             ks["avg_backward"],
             n_in,
-            gr.flat,
-            gr.offset,
-            gr.strides,
-            gir.flat,
-            gir.offset,
-            gir.strides,
+            *gr.args,
+            *gir.args,
             ishape,
             out_sp,
             tab,
@@ -477,15 +466,9 @@ def _backward_kernel(kind, gr: _Ref, ir: _Ref | None, gir: _Ref, gi_dtype, plan:
         _launch(
             ks["max_backward"],
             n_in,
-            gr.flat,
-            gr.offset,
-            gr.strides,
-            ir.flat,
-            ir.offset,
-            ir.strides,
-            gir.flat,
-            gir.offset,
-            gir.strides,
+            *gr.args,
+            *ir.args,
+            *gir.args,
             ishape,
             out_sp,
             tab,
@@ -502,15 +485,9 @@ def _backward_kernel(kind, gr: _Ref, ir: _Ref | None, gir: _Ref, gi_dtype, plan:
     _launch(
         ks["max_backward_scatter"],
         planes,
-        gr.flat,
-        gr.offset,
-        gr.strides,
-        ir.flat,
-        ir.offset,
-        ir.strides,
-        buf.flat,
-        buf.offset,
-        buf.strides,
+        *gr.args,
+        *ir.args,
+        *buf.args,
         ishape,
         out_sp,
     )
@@ -518,12 +495,8 @@ def _backward_kernel(kind, gr: _Ref, ir: _Ref | None, gir: _Ref, gi_dtype, plan:
         _launch(
             K.copy5,
             n_in,
-            buf.flat,
-            buf.offset,
-            buf.strides,
-            gir.flat,
-            gir.offset,
-            gir.strides,
+            *buf.args,
+            *gir.args,
             ishape,
         )
 

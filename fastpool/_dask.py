@@ -214,8 +214,6 @@ def backward(kind, dims, grad_output, indices, input_shape, backend, out, data_f
 
 def _aligned_indices(indices, grad_output, plan):
     """``indices`` as a dask array chunked like ``grad_output`` (checked as far as possible now)."""
-    if indices is None:
-        raise TypeError("indices must be the int64 array returned by the max forward")
     if not isinstance(indices, da.Array):
         if not v.is_device_array(indices):
             indices = v.as_host_array(indices, "indices")
