@@ -137,7 +137,7 @@ class BuildExt(build_ext):
         super().build_extensions()
 
 
-_DEPENDS = ["src/_kernels.pxi", "src/_omp_compat.h", "src/_simd.h"]
+_DEPENDS = ["src/_kernels.pxi", "src/_omp_compat.h", "src/_simd.h", "src/_cells.h"]
 extensions = [
     Extension(
         name,

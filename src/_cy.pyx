@@ -19,8 +19,9 @@ copies anything else once, and picks the thread count):
   rows take a two-pass vector search. Global pooling (1x1x1 output) sums whole planes.
 * channels-last -- channel stride 1, as in ``(N, H, W, C)`` data or PyTorch's
   ``channels_last`` tensors. Tasks are (batch, block of output rows, channel block); inner
-  loops run over channels, like PyTorch's NHWC kernels; results reach a planar output
-  through 4x4 transposes.
+  loops run over channels, like PyTorch's NHWC kernels, with each cell's block of channels
+  held in registers over its window (src/_cells.h) unless the window is too large for L1;
+  results reach a planar output through 4x4 transposes.
 
 Backward passes are deterministic without atomics: every element of ``grad_input`` is
 written by one thread, in an order that does not depend on the thread count. Average is a

@@ -16,10 +16,6 @@ cdef extern from "_simd.h" nogil:
     int fp_cpu_has_avx2()
     void fp_add_float(float* dst, const float* src, Py_ssize_t n)
     void fp_add_double(double* dst, const double* src, Py_ssize_t n)
-    void fp_add_positions_float(float* acc, const float* base, Py_ssize_t npos,
-                                Py_ssize_t stride, Py_ssize_t nc)
-    void fp_add_positions_double(double* acc, const double* base, Py_ssize_t npos,
-                                 Py_ssize_t stride, Py_ssize_t nc)
     void fp_transpose_float(float* dst, Py_ssize_t dstride, const float* src, Py_ssize_t sstride,
                             Py_ssize_t rows, Py_ssize_t cols)
     void fp_transpose_double(double* dst, Py_ssize_t dstride, const double* src,
@@ -36,6 +32,31 @@ cdef extern from "_simd.h" nogil:
                          Py_ssize_t sd, Py_ssize_t sh, Py_ssize_t* run, Py_ssize_t* col)
     void fp_argmax_double(const double* p, Py_ssize_t kd, Py_ssize_t kh, Py_ssize_t kw,
                           Py_ssize_t sd, Py_ssize_t sh, Py_ssize_t* run, Py_ssize_t* col)
+
+cdef extern from "_cells.h" nogil:
+    void fp_avg_cell_float(float* dst, const float* base, Py_ssize_t kd, Py_ssize_t kh,
+                           Py_ssize_t kw, Py_ssize_t sd, Py_ssize_t sh, Py_ssize_t sw,
+                           Py_ssize_t nc)
+    void fp_avg_cell_double(double* dst, const double* base, Py_ssize_t kd, Py_ssize_t kh,
+                            Py_ssize_t kw, Py_ssize_t sd, Py_ssize_t sh, Py_ssize_t sw,
+                            Py_ssize_t nc)
+    void fp_max_cell_float(float* dst, int64_t* kdst, const float* base, Py_ssize_t kd,
+                           Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sd, Py_ssize_t sh,
+                           Py_ssize_t sw, Py_ssize_t nc, int64_t pos0, int64_t hw, int64_t wd)
+    void fp_max_cell_double(double* dst, int64_t* kdst, const double* base, Py_ssize_t kd,
+                            Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sd, Py_ssize_t sh,
+                            Py_ssize_t sw, Py_ssize_t nc, int64_t pos0, int64_t hw, int64_t wd)
+    void fp_avg_bwd_run_float(float* dst, Py_ssize_t rows, Py_ssize_t rs, Py_ssize_t cols,
+                              Py_ssize_t qs, const float* g, Py_ssize_t sd, Py_ssize_t sh,
+                              Py_ssize_t sw, Py_ssize_t od0, Py_ssize_t od1, Py_ssize_t oh0,
+                              Py_ssize_t oh1, Py_ssize_t ow0, Py_ssize_t ow1, const int64_t* kd,
+                              const int64_t* kh, const int64_t* kw, Py_ssize_t nc)
+    void fp_avg_bwd_run_double(double* dst, Py_ssize_t rows, Py_ssize_t rs, Py_ssize_t cols,
+                               Py_ssize_t qs, const double* g, Py_ssize_t sd, Py_ssize_t sh,
+                               Py_ssize_t sw, Py_ssize_t od0, Py_ssize_t od1, Py_ssize_t oh0,
+                               Py_ssize_t oh1, Py_ssize_t ow0, Py_ssize_t ow1,
+                               const int64_t* kd, const int64_t* kh, const int64_t* kw,
+                               Py_ssize_t nc)
 
 cdef extern from "_omp_compat.h":
     const int FASTPOOL_OPENMP
@@ -439,6 +460,15 @@ cdef inline void _store_cl(floating* op, Geom g, const floating* buf, Py_ssize_t
                     op[c * g.sc + oh * g.sh + ow * g.sw] = buf[(oh * nw + ow) * nc + c]
 
 
+cdef inline bint _in_registers(Py_ssize_t npos, Py_ssize_t nc, Py_ssize_t itemsize) noexcept nogil:
+    """Does a channels-last window go through _cells.h (blocks of 32 floats or 16 doubles,
+    each scanning the whole window)? Yes for one block, or when the window's data stays in
+    L1 between the blocks' scans; else an accumulator in memory gets one pass per window
+    position over all the channels, which streams the input (7x7 windows of 2048 channels,
+    64x64 windows of 512, measured 2x faster that way)."""
+    return nc * itemsize <= 128 or npos * nc * itemsize <= 32768
+
+
 cdef void _cl_forward_blocks(Geom* g, int num_threads):
     # A channels-last forward task computes a block of output rows into a buffer
     # (rows x Wo x channels, <= 16K values) and stores it along the output's unit stride.
@@ -451,19 +481,21 @@ cdef void _avg_fwd_cl(const floating* x, floating* out, floating* buf, Geom g,
                       const Py_ssize_t* wd, const Py_ssize_t* wh, const Py_ssize_t* ww,
                       Py_ssize_t task) noexcept nogil:
     """Output rows ``out[n, c0:c1, od, oh0:oh1, :]`` of a channels-last input (channel stride
-    1): each window element adds its vector of channels into an accumulator in L1."""
+    1): each cell's channels are summed over its window in registers (_cells.h), or for
+    large windows in an accumulator in L1, one pass per window position; straight into a
+    channels-last output, else into ``buf`` and then stored along the output's unit stride."""
     cdef Py_ssize_t cb = task % g.ncb, t = task // g.ncb
     cdef Py_ssize_t hb = t % g.nohb
     t = t // g.nohb
     cdef Py_ssize_t od = t % g.od, n = t // g.od
-    cdef Py_ssize_t c0 = cb * g.cbs, nc = min(g.cbs, g.c - c0), c
+    cdef Py_ssize_t c0 = cb * g.cbs, nc = min(g.cbs, g.c - c0)
     cdef Py_ssize_t oh0 = hb * g.ohb, oh1 = min(g.oh, oh0 + g.ohb), oh
     cdef Py_ssize_t d0 = wd[2 * od], d1 = wd[2 * od + 1], h0, h1
-    cdef Py_ssize_t d, h, w, ow, w0, w1, cell
+    cdef Py_ssize_t ow, w0, w1, cell, npos, c, d, h
     cdef const floating* xp = x + n * g.bn + c0
-    cdef const floating* row
-    cdef floating* acc
-    cdef floating cnt
+    cdef floating* op = out + n * g.sn + c0 * g.sc + od * g.sd + oh0 * g.sh
+    cdef bint direct = g.sc == 1
+    cdef floating* dst
     cell = 0
     for oh in range(oh0, oh1):
         h0 = wh[2 * oh]
@@ -471,22 +503,24 @@ cdef void _avg_fwd_cl(const floating* x, floating* out, floating* buf, Geom g,
         for ow in range(g.ow):
             w0 = ww[2 * ow]
             w1 = ww[2 * ow + 1]
-            acc = buf + cell * nc
-            for c in range(nc):
-                acc[c] = 0
-            for d in range(d0, d1):
-                for h in range(h0, h1):
-                    if nc > 32:  # longer vectors: no chain to break, one pass per position
-                        _add_rows(acc, xp + d * g.bd + h * g.bh + w0 * g.bw, g.bw, w1 - w0, nc)
-                    elif floating is float:
-                        fp_add_positions_float(acc, xp + d * g.bd + h * g.bh + w0 * g.bw,
-                                               w1 - w0, g.bw, nc)
-                    else:
-                        fp_add_positions_double(acc, xp + d * g.bd + h * g.bh + w0 * g.bw,
-                                                w1 - w0, g.bw, nc)
-            _scale(acc, (d1 - d0) * (h1 - h0) * (w1 - w0), nc)
+            dst = op + (oh - oh0) * g.sh + ow * g.sw if direct else buf + cell * nc
+            npos = (d1 - d0) * (h1 - h0) * (w1 - w0)
+            if not _in_registers(npos, nc, sizeof(floating)):
+                for c in range(nc):
+                    dst[c] = 0
+                for d in range(d0, d1):
+                    for h in range(h0, h1):
+                        _add_rows(dst, xp + d * g.bd + h * g.bh + w0 * g.bw, g.bw, w1 - w0, nc)
+                _scale(dst, npos, nc)
+            elif floating is float:
+                fp_avg_cell_float(dst, xp + d0 * g.bd + h0 * g.bh + w0 * g.bw, d1 - d0,
+                                  h1 - h0, w1 - w0, g.bd, g.bh, g.bw, nc)
+            else:
+                fp_avg_cell_double(dst, xp + d0 * g.bd + h0 * g.bh + w0 * g.bw, d1 - d0,
+                                   h1 - h0, w1 - w0, g.bd, g.bh, g.bw, nc)
             cell = cell + 1
-    _store_cl(out + n * g.sn + c0 * g.sc + od * g.sd + oh0 * g.sh, g, buf, oh1 - oh0, nc)
+    if not direct:
+        _store_cl(op, g, buf, oh1 - oh0, nc)
 
 
 cdef int _avg_forward(const floating* xp, floating* op, cnp.ndarray x, cnp.ndarray out,
@@ -690,11 +724,45 @@ cdef inline void _max_fwd_row(const floating* xp, floating* op, int64_t* ip, Geo
         ip[ow * g.iw] = (d0 + dd) * hw + (h0 + hh) * g.w + w0 + col
 
 
+cdef void _max_window_mem(floating* m, int64_t* k, void* kpos, const floating* xp, Geom g,
+                          Py_ssize_t d0, Py_ssize_t d1, Py_ssize_t h0, Py_ssize_t h1,
+                          Py_ssize_t w0, Py_ssize_t w1, Py_ssize_t nc) noexcept nogil:
+    """``m[c], k[c]`` = max and position over a large channels-last window: running maxima
+    in memory (positions in ``kpos``, as wide as the data), one pass per window position."""
+    cdef Py_ssize_t hw = g.h * g.w, first = d0 * hw + h0 * g.w + w0, d, h, w, c
+    cdef int32_t* k32 = <int32_t*>kpos
+    cdef double* k64 = <double*>kpos
+    _copy(m, xp + d0 * g.bd + h0 * g.bh + w0 * g.bw, nc)
+    for c in range(nc):
+        if floating is float:
+            k32[c] = <int32_t>first
+        else:
+            k64[c] = <double>first
+    for d in range(d0, d1):
+        for h in range(h0, h1):
+            for w in range(w0, w1):
+                if d == d0 and h == h0 and w == w0:
+                    continue
+                if floating is float:
+                    _max_update(m, k32, xp + d * g.bd + h * g.bh + w * g.bw,
+                                <int32_t>(d * hw + h * g.w + w), nc)
+                else:
+                    _max_update(m, k64, xp + d * g.bd + h * g.bh + w * g.bw,
+                                <double>(d * hw + h * g.w + w), nc)
+    for c in range(nc):
+        if floating is float:
+            k[c] = k32[c]
+        else:
+            k[c] = <int64_t>k64[c]
+
+
 cdef void _max_fwd_cl(const floating* x, floating* out, int64_t* idx, floating* mbuf,
-                      void* kbuf, Geom g, const Py_ssize_t* wd,
+                      int64_t* kbuf, Geom g, const Py_ssize_t* wd,
                       const Py_ssize_t* wh, const Py_ssize_t* ww, Py_ssize_t task) noexcept nogil:
-    """Output rows ``out[n, c0:c1, od, oh0:oh1, :]`` of a channels-last input: every window
-    element updates a vector of running maxima (and their positions) over the channels."""
+    """Output rows ``out[n, c0:c1, od, oh0:oh1, :]`` of a channels-last input: each cell's
+    running maxima (and positions) over the channels stay in registers for its window
+    (_cells.h), written straight into channels-last outputs, else into ``mbuf``/``kbuf``
+    and then stored along the outputs' unit strides."""
     cdef Py_ssize_t cb = task % g.ncb, t = task // g.ncb
     cdef Py_ssize_t hb = t % g.nohb
     t = t // g.nohb
@@ -702,13 +770,14 @@ cdef void _max_fwd_cl(const floating* x, floating* out, int64_t* idx, floating* 
     cdef Py_ssize_t c0 = cb * g.cbs, nc = min(g.cbs, g.c - c0), c
     cdef Py_ssize_t oh0 = hb * g.ohb, oh1 = min(g.oh, oh0 + g.ohb), oh
     cdef Py_ssize_t d0 = wd[2 * od], d1 = wd[2 * od + 1], h0, h1
-    cdef Py_ssize_t hw = g.h * g.w, d, h, w, ow, w0, w1, first, cell, ncell
+    cdef Py_ssize_t hw = g.h * g.w, ow, w0, w1, cell, ncell, npos
+    cdef void* kpos = <void*>(kbuf + g.cbs * g.ow * g.ohb)  # positions of the memory path
     cdef const floating* xp = x + n * g.bn + c0
+    cdef floating* op = out + n * g.sn + c0 * g.sc + od * g.sd + oh0 * g.sh
+    cdef int64_t* ip = idx + n * g.in_ + c0 * g.ic + od * g.id + oh0 * g.ih
+    cdef bint direct = g.sc == 1 and g.ic == 1
     cdef floating* m
-    cdef int32_t* k32
-    cdef double* k64
-    cdef int64_t* kw
-    cdef int64_t* ip
+    cdef int64_t* k
     cell = 0
     for oh in range(oh0, oh1):
         h0 = wh[2 * oh]
@@ -716,52 +785,39 @@ cdef void _max_fwd_cl(const floating* x, floating* out, int64_t* idx, floating* 
         for ow in range(g.ow):
             w0 = ww[2 * ow]
             w1 = ww[2 * ow + 1]
-            m = mbuf + cell * nc
-            k32 = <int32_t*>kbuf + cell * nc
-            k64 = <double*>kbuf + cell * nc
-            first = d0 * hw + h0 * g.w + w0
-            # The first element always beats the initial -inf (or equals it): start from it.
-            _copy(m, xp + d0 * g.bd + h0 * g.bh + w0 * g.bw, nc)
-            for c in range(nc):
-                if floating is float:
-                    k32[c] = <int32_t>first
-                else:
-                    k64[c] = <double>first
-            for d in range(d0, d1):
-                for h in range(h0, h1):
-                    for w in range(w0, w1):
-                        if d == d0 and h == h0 and w == w0:
-                            continue
-                        if floating is float:
-                            _max_update(m, k32, xp + d * g.bd + h * g.bh + w * g.bw,
-                                        <int32_t>(d * hw + h * g.w + w), nc)
-                        else:
-                            _max_update(m, k64, xp + d * g.bd + h * g.bh + w * g.bw,
-                                        <double>(d * hw + h * g.w + w), nc)
+            if direct:
+                m = op + (oh - oh0) * g.sh + ow * g.sw
+                k = ip + (oh - oh0) * g.ih + ow * g.iw
+            else:
+                m = mbuf + cell * nc
+                k = kbuf + cell * nc
+            npos = (d1 - d0) * (h1 - h0) * (w1 - w0)
+            if not _in_registers(npos, nc, sizeof(floating)):
+                _max_window_mem(m, k, kpos, xp, g, d0, d1, h0, h1, w0, w1, nc)
+            elif floating is float:
+                fp_max_cell_float(m, k, xp + d0 * g.bd + h0 * g.bh + w0 * g.bw, d1 - d0,
+                                  h1 - h0, w1 - w0, g.bd, g.bh, g.bw, nc,
+                                  d0 * hw + h0 * g.w + w0, hw, g.w)
+            else:
+                fp_max_cell_double(m, k, xp + d0 * g.bd + h0 * g.bh + w0 * g.bw, d1 - d0,
+                                   h1 - h0, w1 - w0, g.bd, g.bh, g.bw, nc,
+                                   d0 * hw + h0 * g.w + w0, hw, g.w)
             cell = cell + 1
-    _store_cl(out + n * g.sn + c0 * g.sc + od * g.sd + oh0 * g.sh, g, mbuf, oh1 - oh0, nc)
-    # The positions, widened to int64 into the second half of kbuf, then stored like the values.
-    ip = idx + n * g.in_ + c0 * g.ic + od * g.id + oh0 * g.ih
+    if direct:
+        return
+    _store_cl(op, g, mbuf, oh1 - oh0, nc)
     ncell = (oh1 - oh0) * g.ow
-    k32 = <int32_t*>kbuf
-    k64 = <double*>kbuf
-    kw = <int64_t*>kbuf + g.cbs * g.ow * g.ohb
-    for cell in range(ncell * nc):
-        if floating is float:
-            kw[cell] = k32[cell]
-        else:
-            kw[cell] = <int64_t>k64[cell]
     if g.ic == 1:
         for cell in range(ncell):
             oh = cell // g.ow
-            _copy_i64(ip + oh * g.ih + (cell - oh * g.ow) * g.iw, kw + cell * nc, nc)
+            _copy_i64(ip + oh * g.ih + (cell - oh * g.ow) * g.iw, kbuf + cell * nc, nc)
     elif g.iw == 1 and (oh1 - oh0 == 1 or g.ih == g.ow):
-        fp_transpose_i64(ip, g.ic, kw, nc, ncell, nc)
+        fp_transpose_i64(ip, g.ic, kbuf, nc, ncell, nc)
     else:
         for c in range(nc):
             for oh in range(oh1 - oh0):
                 for ow in range(g.ow):
-                    ip[c * g.ic + oh * g.ih + ow * g.iw] = kw[(oh * g.ow + ow) * nc + c]
+                    ip[c * g.ic + oh * g.ih + ow * g.iw] = kbuf[(oh * g.ow + ow) * nc + c]
 
 
 cdef int _max_forward(const floating* xp, floating* op, cnp.ndarray x, cnp.ndarray out,
@@ -787,17 +843,17 @@ cdef int _max_forward(const floating* xp, floating* op, cnp.ndarray x, cnp.ndarr
             _task_threads(ntasks, num_threads, &nt)
             bufsize = _per_thread(g.cbs * g.ow * g.ohb)
             mbuf = <floating*>_alloc(nt * bufsize * sizeof(floating))
-            # per thread: running positions (int32 or double), then the same widened to int64
+            # per thread: int64 positions of the cells, then the running positions (int32
+            # or double) of one large window's channels
             kbuf = <int64_t*>_alloc(2 * nt * bufsize * sizeof(int64_t))
             if nt == 1:  # no thread team for one thread
                 with nogil:
                     for task in range(ntasks):
-                        _max_fwd_cl(xp, op, ip, mbuf,
-                                    <void*>kbuf, g, wd, wh, ww, task)
+                        _max_fwd_cl(xp, op, ip, mbuf, kbuf, g, wd, wh, ww, task)
             else:
                 for task in prange(ntasks, nogil=True, schedule='static', num_threads=nt):
                     _max_fwd_cl(xp, op, ip, mbuf + threadid() * bufsize,
-                                <void*>(kbuf + 2 * threadid() * bufsize), g, wd, wh, ww, task)
+                                kbuf + 2 * threadid() * bufsize, g, wd, wh, ww, task)
         elif _global_planes(&g, num_threads):
             _task_threads(g.nib, num_threads, &nt)
             if nt == 1:  # no thread team for one thread
@@ -907,8 +963,10 @@ cdef void _avg_bwd_planar(const floating* go, floating* gi, floating* rv, Geom g
 cdef void _avg_bwd_cl(const floating* go, floating* gi, floating* buf, Geom g,
                       const Py_ssize_t* wd, const Py_ssize_t* wh, const Py_ssize_t* ww,
                       const Py_ssize_t* cover_d, const Py_ssize_t* hruns, Py_ssize_t nhr,
-                      const Py_ssize_t* wruns, Py_ssize_t nwr, Py_ssize_t task) noexcept nogil:
-    """Channels-last ``grad_input[n, c0:c1, d, h_begin:h_end, :]``, vectorised over channels."""
+                      const Py_ssize_t* wruns, Py_ssize_t nwr, const int64_t* ksz,
+                      Py_ssize_t task) noexcept nogil:
+    """Channels-last ``grad_input[n, c0:c1, d, h_begin:h_end, :]``, vectorised over channels.
+    ``ksz``: the window sizes along D, H and W (od + oh + ow values)."""
     cdef Py_ssize_t cb = task % g.ncb, t = task // g.ncb
     cdef Py_ssize_t hr = t % nhr
     t = t // nhr
@@ -919,6 +977,22 @@ cdef void _avg_bwd_cl(const floating* go, floating* gi, floating* buf, Geom g,
     cdef floating* row = gi + n * g.bn + c0 + d * g.bd + run[0] * g.bh
     cdef floating* vec = buf                  # nc: the value of one run of columns
     cdef floating* rv = buf + g.cbs           # g.ow * nc: per output column
+    cdef const floating* gp = go + n * g.sn + c0
+    if g.sc == 1:  # channels-last grad_output: one register pass per run of elements
+        for r in range(nwr):
+            if floating is float:
+                fp_avg_bwd_run_float(row + wruns[4 * r] * g.bw, run[1] - run[0], g.bh,
+                                     wruns[4 * r + 1] - wruns[4 * r], g.bw, gp, g.sd, g.sh,
+                                     g.sw, cover_d[2 * d], cover_d[2 * d + 1], run[2], run[3],
+                                     wruns[4 * r + 2], wruns[4 * r + 3], ksz, ksz + g.od,
+                                     ksz + g.od + g.oh, nc)
+            else:
+                fp_avg_bwd_run_double(row + wruns[4 * r] * g.bw, run[1] - run[0], g.bh,
+                                      wruns[4 * r + 1] - wruns[4 * r], g.bw, gp, g.sd, g.sh,
+                                      g.sw, cover_d[2 * d], cover_d[2 * d + 1], run[2], run[3],
+                                      wruns[4 * r + 2], wruns[4 * r + 3], ksz, ksz + g.od,
+                                      ksz + g.od + g.oh, nc)
+        return
     _avg_bwd_rowvals(go + n * g.sn + c0 * g.sc, rv, g, cover_d[2 * d], cover_d[2 * d + 1],
                      run[2], run[3], wd, wh, ww, nc, g.sc)
     for r in range(nwr):
@@ -946,13 +1020,17 @@ cdef int _avg_backward(const floating* gop, floating* gip, cnp.ndarray grad_outp
     cdef Py_ssize_t* cover_d = ww + 2 * g.ow
     cdef Py_ssize_t* hruns = cover_d + 2 * g.d
     cdef Py_ssize_t* wruns = hruns + 4 * g.h
+    cdef int64_t* ksz = NULL
     try:
+        ksz = <int64_t*>_alloc((g.od + g.oh + g.ow) * sizeof(int64_t))
         _fill_windows(wd, g.d, g.od)
         _fill_windows(wh, g.h, g.oh)
         _fill_windows(ww, g.w, g.ow)
         _fill_windows(cover_d, g.od, g.d)
         nhr = _fill_cover_runs(hruns, g.h, g.oh)
         nwr = _fill_cover_runs(wruns, g.w, g.ow)
+        for task in range(g.od + g.oh + g.ow):
+            ksz[task] = wd[2 * task + 1] - wd[2 * task]  # wd, wh, ww are one table
         if channels_last:
             _channel_blocks(&g, g.n * g.d * nhr, num_threads)
             ntasks = g.n * g.d * nhr * g.ncb
@@ -968,11 +1046,11 @@ cdef int _avg_backward(const floating* gop, floating* gip, cnp.ndarray grad_outp
                 with nogil:
                     for task in range(ntasks):
                         _avg_bwd_cl(gop, gip, scratch, g, wd, wh, ww,
-                                    cover_d, hruns, nhr, wruns, nwr, task)
+                                    cover_d, hruns, nhr, wruns, nwr, ksz, task)
             else:
                 for task in prange(ntasks, nogil=True, schedule='static', num_threads=nt):
                     _avg_bwd_cl(gop, gip, scratch + threadid() * bufsize, g, wd, wh, ww,
-                                cover_d, hruns, nhr, wruns, nwr, task)
+                                cover_d, hruns, nhr, wruns, nwr, ksz, task)
         else:
             if nt == 1:  # no thread team for one thread
                 with nogil:
@@ -985,6 +1063,7 @@ cdef int _avg_backward(const floating* gop, floating* gip, cnp.ndarray grad_outp
                                     cover_d, hruns, nhr, wruns, nwr, task)
     finally:
         free(wd)
+        free(ksz)
         free(scratch)
     return 0
 

@@ -165,33 +165,6 @@ static inline void fp_add_double(double *FP_RESTRICT dst, const double *FP_RESTR
     for (i = 0; i < n; i++) dst[i] += src[i];
 }
 
-/* acc[c] += base[p * stride + c] for p = 0 .. npos-1 in order (channels-last window rows).
- * With few channels, updating acc in memory once per position is a chain through store
- * forwarding; here blocks of 32 floats (16 doubles) stay in registers across the positions.
- * Same additions in the same order per channel, so the same bits as the plain loop. */
-#define FP_ADD_POSITIONS(T, B)                                                               \
-    static inline void fp_add_positions_##T(T *FP_RESTRICT acc, const T *FP_RESTRICT base,  \
-                                            ptrdiff_t npos, ptrdiff_t stride, ptrdiff_t nc) { \
-        ptrdiff_t c0 = 0, p, j;                                                              \
-        if (npos <= 0) return;                                                               \
-        for (; c0 + B <= nc; c0 += B) {                                                      \
-            T a[B];                                                                          \
-            /* acc read in the first add: a plain copy into a[] compiles to narrow moves     \
-             * that the wide loads after it cannot forward from (a stall per block). */      \
-            for (j = 0; j < B; j++) a[j] = acc[c0 + j] + base[c0 + j];                       \
-            for (p = 1; p < npos; p++) {                                                     \
-                const T *x = base + p * stride + c0;                                         \
-                for (j = 0; j < B; j++) a[j] += x[j];                                        \
-            }                                                                                \
-            for (j = 0; j < B; j++) acc[c0 + j] = a[j];                                      \
-        }                                                                                    \
-        if (c0 < nc)                                                                         \
-            for (p = 0; p < npos; p++) fp_add_##T(acc + c0, base + p * stride + c0, nc - c0); \
-    }
-
-FP_ADD_POSITIONS(float, 32)
-FP_ADD_POSITIONS(double, 16)
-
 /* Lowest / highest set bit of a non-zero lane mask (at most 8 lanes). */
 static inline int fp_first_bit(int mask) {
     int i = 0;

@@ -1,0 +1,374 @@
+/* Channels-last cell kernels for src/_kernels.pxi: one output cell (forward) or one run of
+ * input elements (average backward) over a vector of channels, with the channels of a block
+ * held in registers for the whole window.
+ *
+ * Channel c of window position (d, h, w) sits at base[d*sd + h*sh + w*sw + c]: channel
+ * stride 1 (channels-last data, or a block of planes transposed into an L1 buffer). A block
+ * of B channels (32 floats or 16 doubles: four AVX2 registers) is loaded, combined and
+ * stored once per cell, where an update of an accumulator in memory per window position
+ * would be a chain through store forwarding. Plain C written so that GCC and Clang vectorise
+ * it at -O3 (no intrinsics, no -ffast-math): the same additions and comparisons in the same
+ * order as the scalar definition, so the same bits.
+ */
+#ifndef FASTPOOL_CELLS_H
+#define FASTPOOL_CELLS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#if defined(__GNUC__) || defined(__clang__)
+#define FP_INLINE static inline __attribute__((always_inline))
+#define FP_RESTRICT_C __restrict__
+/* GCC/Clang vector extensions: 32-byte vectors (one AVX2 register, two SSE2 ones) that may
+ * sit at any element-aligned address. Arrays of scalars updated in a loop are not reliably
+ * kept in registers (GCC zeroes them with `rep stos` and spills them); named vectors are. */
+#define FP_VEXT 1
+typedef float fp_v_float __attribute__((vector_size(32), aligned(4), may_alias));
+typedef double fp_v_double __attribute__((vector_size(32), aligned(8), may_alias));
+typedef int32_t fp_k_float __attribute__((vector_size(32), aligned(4), may_alias));
+typedef int64_t fp_k_double __attribute__((vector_size(32), aligned(8), may_alias));
+#else
+#define FP_INLINE static __forceinline
+#define FP_RESTRICT_C __restrict
+#define FP_VEXT 0
+#endif
+
+/* How a window sum becomes a mean, each way giving the correctly rounded quotient sum/count
+ * (so every mode gives the bits of a division):
+ *   FP_DIV_POW2  -- count a power of two: multiply by 1/count in the data type (exact);
+ *   FP_DIV_RCP   -- float data, count < 2**24: multiply in double, round once (see the
+ *                   _EXACT_RCP note in _kernels.pxi);
+ *   FP_DIV_PLAIN -- divide. */
+enum { FP_DIV_POW2 = 0, FP_DIV_RCP = 1, FP_DIV_PLAIN = 2 };
+
+FP_INLINE int fp_div_mode(int64_t count, int is_float) {
+    if ((count & (count - 1)) == 0) return FP_DIV_POW2;
+    if (is_float && count < (1 << 24)) return FP_DIV_RCP;
+    return FP_DIV_PLAIN;
+}
+
+/* ----------------------------------------------------------------- average of one window */
+
+/* Full blocks: four vectors of sums, scaled in registers when count is a power of two. */
+#if FP_VEXT
+#define FP_AVG_VEC(T)                                                                         \
+    FP_INLINE void fp_avg_vec_##T(T *dst, const T *base, ptrdiff_t kd, ptrdiff_t kh,         \
+                                  ptrdiff_t kw, ptrdiff_t sd, ptrdiff_t sh, ptrdiff_t sw,    \
+                                  int mode, T rcp) {                                          \
+        fp_v_##T a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};                                      \
+        fp_v_##T *o = (fp_v_##T *)dst;                                                        \
+        ptrdiff_t d, h, w;                                                                    \
+        for (d = 0; d < kd; d++)                                                              \
+            for (h = 0; h < kh; h++)                                                          \
+                for (w = 0; w < kw; w++) {                                                    \
+                    const fp_v_##T *x = (const fp_v_##T *)(base + d * sd + h * sh + w * sw);  \
+                    a0 += x[0];                                                               \
+                    a1 += x[1];                                                               \
+                    a2 += x[2];                                                               \
+                    a3 += x[3];                                                               \
+                }                                                                             \
+        if (mode == FP_DIV_POW2) {                                                            \
+            a0 *= rcp;                                                                        \
+            a1 *= rcp;                                                                        \
+            a2 *= rcp;                                                                        \
+            a3 *= rcp;                                                                        \
+        }                                                                                     \
+        o[0] = a0;                                                                            \
+        o[1] = a1;                                                                            \
+        o[2] = a2;                                                                            \
+        o[3] = a3;                                                                            \
+    }
+#endif
+
+/* Any block of m <= 32 channels, scalar loops (partial blocks; compilers without vector
+ * extensions). Same additions in the same order as the vector code. */
+#define FP_AVG_BLOCK(T)                                                                       \
+    FP_INLINE void fp_avg_block_##T(T *FP_RESTRICT_C dst, const T *FP_RESTRICT_C base,       \
+                                    ptrdiff_t kd, ptrdiff_t kh, ptrdiff_t kw, ptrdiff_t sd,  \
+                                    ptrdiff_t sh, ptrdiff_t sw, ptrdiff_t m, int mode,       \
+                                    T rcp) {                                                  \
+        T a[32];                                                                              \
+        ptrdiff_t d, h, w, j;                                                                 \
+        for (j = 0; j < m; j++) a[j] = 0;                                                     \
+        for (d = 0; d < kd; d++)                                                              \
+            for (h = 0; h < kh; h++)                                                          \
+                for (w = 0; w < kw; w++) {                                                    \
+                    const T *x = base + d * sd + h * sh + w * sw;                             \
+                    for (j = 0; j < m; j++) a[j] += x[j];                                     \
+                }                                                                             \
+        if (mode == FP_DIV_POW2)                                                              \
+            for (j = 0; j < m; j++) dst[j] = a[j] * rcp;                                      \
+        else                                                                                  \
+            for (j = 0; j < m; j++) dst[j] = a[j];                                            \
+    }                                                                                         \
+    /* dst[c] = mean over the kd*kh*kw window positions of base[... + c], c < nc. */          \
+    static inline void fp_avg_cell_##T(T *dst, const T *base, ptrdiff_t kd, ptrdiff_t kh,     \
+                                       ptrdiff_t kw, ptrdiff_t sd, ptrdiff_t sh, ptrdiff_t sw, \
+                                       ptrdiff_t nc) {                                        \
+        const ptrdiff_t B = 32 * sizeof(float) / sizeof(T);                                   \
+        int64_t count = (int64_t)kd * kh * kw;                                                \
+        int mode = fp_div_mode(count, sizeof(T) == sizeof(float));                            \
+        T rcp = (T)1 / (T)count, cnt = (T)count;                                              \
+        double drcp = 1.0 / (double)count;                                                    \
+        ptrdiff_t c0 = 0, j;                                                                  \
+        for (; c0 + B <= nc; c0 += B)                                                         \
+            FP_AVG_FULL(T)(dst + c0, base + c0, kd, kh, kw, sd, sh, sw, FP_AVG_M(B) mode, rcp); \
+        if (c0 < nc)                                                                          \
+            fp_avg_block_##T(dst + c0, base + c0, kd, kh, kw, sd, sh, sw, nc - c0, mode, rcp); \
+        if (mode == FP_DIV_RCP)                                                               \
+            for (j = 0; j < nc; j++) dst[j] = (T)((double)dst[j] * drcp);                     \
+        else if (mode == FP_DIV_PLAIN)                                                        \
+            for (j = 0; j < nc; j++) dst[j] = dst[j] / cnt;                                   \
+    }
+
+#if FP_VEXT
+FP_AVG_VEC(float)
+FP_AVG_VEC(double)
+#define FP_AVG_FULL(T) fp_avg_vec_##T
+#define FP_AVG_M(B)
+#else
+#define FP_AVG_FULL(T) fp_avg_block_##T
+#define FP_AVG_M(B) B,
+#endif
+FP_AVG_BLOCK(float)
+FP_AVG_BLOCK(double)
+
+/* ------------------------------------------------------- maximum (and position) of a window */
+
+/* SPEC's scan: start from the first element, replace when v > max or v is NaN. Positions are
+ * kept in an integer as wide as the data (int32 for float: planes under 2**31 elements, which
+ * the caller guarantees; int64 for double), so that the selects vectorise, and are widened
+ * to int64 on the store. Position of (d, h, w) = pos0 + d*hw + h*wd + w. */
+#if FP_VEXT
+/* One vector step of the scan: where v wins, take v and pos. Selects as bit masks (which
+ * vectorise the same with every compiler and ISA). */
+#define FP_MAX_STEP(T, a, k, v, pos)                                                          \
+    do {                                                                                      \
+        fp_k_##T take_ = (fp_k_##T)(((v) > (a)) | ((v) != (v)));                              \
+        (a) = (fp_v_##T)((((fp_k_##T)(v)) & take_) | (((fp_k_##T)(a)) & ~take_));             \
+        (k) = (take_ & (pos)) | ((k) & ~take_);                                               \
+    } while (0)
+
+#define FP_MAX_VEC(T, K)                                                                      \
+    FP_INLINE void fp_max_vec_##T(T *dst, int64_t *kdst, const T *base, ptrdiff_t kd,         \
+                                  ptrdiff_t kh, ptrdiff_t kw, ptrdiff_t sd, ptrdiff_t sh,     \
+                                  ptrdiff_t sw, int64_t pos0, int64_t hw, int64_t wd) {       \
+        const fp_v_##T *x = (const fp_v_##T *)base;                                           \
+        fp_v_##T a0 = x[0], a1 = x[1], a2 = x[2], a3 = x[3];                                  \
+        fp_k_##T k0 = {0}, k1, k2, k3;                                                        \
+        K kk[4 * sizeof(fp_k_##T) / sizeof(K)];                                               \
+        ptrdiff_t d, h, w, j;                                                                 \
+        k0 += (K)pos0;                                                                        \
+        k1 = k2 = k3 = k0;                                                                    \
+        for (d = 0; d < kd; d++)                                                              \
+            for (h = 0; h < kh; h++)                                                          \
+                for (w = (d == 0 && h == 0) ? 1 : 0; w < kw; w++) {                           \
+                    K pos = (K)(pos0 + d * hw + h * wd + w);                                  \
+                    x = (const fp_v_##T *)(base + d * sd + h * sh + w * sw);                  \
+                    FP_MAX_STEP(T, a0, k0, x[0], pos);                                        \
+                    FP_MAX_STEP(T, a1, k1, x[1], pos);                                        \
+                    FP_MAX_STEP(T, a2, k2, x[2], pos);                                        \
+                    FP_MAX_STEP(T, a3, k3, x[3], pos);                                        \
+                }                                                                             \
+        ((fp_v_##T *)dst)[0] = a0;                                                            \
+        ((fp_v_##T *)dst)[1] = a1;                                                            \
+        ((fp_v_##T *)dst)[2] = a2;                                                            \
+        ((fp_v_##T *)dst)[3] = a3;                                                            \
+        ((fp_k_##T *)kk)[0] = k0;                                                             \
+        ((fp_k_##T *)kk)[1] = k1;                                                             \
+        ((fp_k_##T *)kk)[2] = k2;                                                             \
+        ((fp_k_##T *)kk)[3] = k3;                                                             \
+        for (j = 0; j < (ptrdiff_t)(sizeof(kk) / sizeof(K)); j++) kdst[j] = (int64_t)kk[j];   \
+    }
+#endif
+
+#define FP_MAX_BLOCK(T, K)                                                                    \
+    FP_INLINE void fp_max_block_##T(T *FP_RESTRICT_C dst, int64_t *FP_RESTRICT_C kdst,       \
+                                    const T *FP_RESTRICT_C base, ptrdiff_t kd, ptrdiff_t kh,  \
+                                    ptrdiff_t kw, ptrdiff_t sd, ptrdiff_t sh, ptrdiff_t sw,   \
+                                    ptrdiff_t m, int64_t pos0, int64_t hw, int64_t wd) {      \
+        T a[32];                                                                              \
+        K k[32];                                                                              \
+        ptrdiff_t d, h, w, j;                                                                 \
+        for (j = 0; j < m; j++) {                                                             \
+            a[j] = base[j];                                                                   \
+            k[j] = (K)pos0;                                                                   \
+        }                                                                                     \
+        for (d = 0; d < kd; d++)                                                              \
+            for (h = 0; h < kh; h++)                                                          \
+                for (w = (d == 0 && h == 0) ? 1 : 0; w < kw; w++) {                           \
+                    const T *x = base + d * sd + h * sh + w * sw;                             \
+                    K pos = (K)(pos0 + d * hw + h * wd + w);                                  \
+                    for (j = 0; j < m; j++) {                                                 \
+                        T v = x[j], o = a[j];                                                 \
+                        K ko = k[j];                                                          \
+                        int take = (v > o) | (v != v);                                        \
+                        a[j] = take ? v : o;                                                  \
+                        k[j] = take ? pos : ko;                                               \
+                    }                                                                         \
+                }                                                                             \
+        for (j = 0; j < m; j++) {                                                             \
+            dst[j] = a[j];                                                                    \
+            kdst[j] = (int64_t)k[j];                                                          \
+        }                                                                                     \
+    }                                                                                         \
+    /* dst[c], kdst[c] = max over the window of base[... + c] and its plane position. */      \
+    static inline void fp_max_cell_##T(T *dst, int64_t *kdst, const T *base, ptrdiff_t kd,    \
+                                       ptrdiff_t kh, ptrdiff_t kw, ptrdiff_t sd, ptrdiff_t sh, \
+                                       ptrdiff_t sw, ptrdiff_t nc, int64_t pos0, int64_t hw,  \
+                                       int64_t wd) {                                          \
+        const ptrdiff_t B = 32 * sizeof(float) / sizeof(T);                                   \
+        ptrdiff_t c0 = 0;                                                                     \
+        for (; c0 + B <= nc; c0 += B)                                                         \
+            FP_MAX_FULL(T)(dst + c0, kdst + c0, base + c0, kd, kh, kw, sd, sh, sw,            \
+                           FP_AVG_M(B) pos0, hw, wd);                                         \
+        if (c0 < nc)                                                                          \
+            fp_max_block_##T(dst + c0, kdst + c0, base + c0, kd, kh, kw, sd, sh, sw, nc - c0, \
+                             pos0, hw, wd);                                                   \
+    }
+
+#if FP_VEXT
+FP_MAX_VEC(float, int32_t)
+FP_MAX_VEC(double, int64_t)
+#define FP_MAX_FULL(T) fp_max_vec_##T
+#else
+#define FP_MAX_FULL(T) fp_max_block_##T
+#endif
+
+FP_MAX_BLOCK(float, int32_t)
+FP_MAX_BLOCK(double, int64_t)
+
+/* ------------------------------------------------- average backward: one run of elements */
+
+/* The gradient of the input elements that the output cells [od0, od1) x [oh0, oh1) x
+ * [ow0, ow1) cover, written to every element of rows x cols (channel vectors at
+ * dst + r*rs + q*qs). Cell (od, oh, ow) of grad_output is at g + od*sd + oh*sh + ow*sw and
+ * weighs 1 / (kd[od] * kh[oh] * kw[ow]) (window sizes). The terms are added as the planar
+ * definition adds them: for each ow, the sum over (od, oh) of the scaled gradients from
+ * +0.0; then those sums over ow, the first one taken as it is. */
+#if FP_VEXT
+#define FP_AVG_BWD_VEC(T)                                                                     \
+    FP_INLINE void fp_avg_bwd_vec_##T(                                                        \
+        T *dst, ptrdiff_t rows, ptrdiff_t rs, ptrdiff_t cols, ptrdiff_t qs, const T *g,       \
+        ptrdiff_t sd, ptrdiff_t sh, ptrdiff_t sw, ptrdiff_t od0, ptrdiff_t od1, ptrdiff_t oh0, \
+        ptrdiff_t oh1, ptrdiff_t ow0, ptrdiff_t ow1, const int64_t *kd, const int64_t *kh,    \
+        const int64_t *kw) {                                                                  \
+        fp_v_##T v0 = {0}, v1 = {0}, v2 = {0}, v3 = {0};                                      \
+        T tmp[4 * sizeof(fp_v_##T) / sizeof(T)];                                              \
+        ptrdiff_t od, oh, ow, j, r, q;                                                        \
+        for (ow = ow0; ow < ow1; ow++) {                                                      \
+            fp_v_##T t0 = {0}, t1 = {0}, t2 = {0}, t3 = {0};                                  \
+            for (od = od0; od < od1; od++)                                                    \
+                for (oh = oh0; oh < oh1; oh++) {                                              \
+                    const T *xp = g + od * sd + oh * sh + ow * sw;                            \
+                    const fp_v_##T *x = (const fp_v_##T *)xp;                                 \
+                    int64_t count = kd[od] * kh[oh] * kw[ow];                                 \
+                    int mode = fp_div_mode(count, sizeof(T) == sizeof(float));                \
+                    if (mode == FP_DIV_POW2) {                                                \
+                        T rcp = (T)1 / (T)count;                                              \
+                        t0 += x[0] * rcp;                                                     \
+                        t1 += x[1] * rcp;                                                     \
+                        t2 += x[2] * rcp;                                                     \
+                        t3 += x[3] * rcp;                                                     \
+                    } else {                                                                  \
+                        if (mode == FP_DIV_RCP) {                                             \
+                            double drcp = 1.0 / (double)count;                                \
+                            for (j = 0; j < (ptrdiff_t)(sizeof(tmp) / sizeof(T)); j++)        \
+                                tmp[j] = (T)((double)xp[j] * drcp);                           \
+                        } else {                                                              \
+                            T cnt = (T)count;                                                 \
+                            for (j = 0; j < (ptrdiff_t)(sizeof(tmp) / sizeof(T)); j++)        \
+                                tmp[j] = xp[j] / cnt;                                         \
+                        }                                                                     \
+                        t0 += ((const fp_v_##T *)tmp)[0];                                     \
+                        t1 += ((const fp_v_##T *)tmp)[1];                                     \
+                        t2 += ((const fp_v_##T *)tmp)[2];                                     \
+                        t3 += ((const fp_v_##T *)tmp)[3];                                     \
+                    }                                                                         \
+                }                                                                             \
+            if (ow == ow0) {                                                                  \
+                v0 = t0;                                                                      \
+                v1 = t1;                                                                      \
+                v2 = t2;                                                                      \
+                v3 = t3;                                                                      \
+            } else {                                                                          \
+                v0 += t0;                                                                     \
+                v1 += t1;                                                                     \
+                v2 += t2;                                                                     \
+                v3 += t3;                                                                     \
+            }                                                                                 \
+        }                                                                                     \
+        for (r = 0; r < rows; r++)                                                            \
+            for (q = 0; q < cols; q++) {                                                      \
+                fp_v_##T *o = (fp_v_##T *)(dst + r * rs + q * qs);                            \
+                o[0] = v0;                                                                    \
+                o[1] = v1;                                                                    \
+                o[2] = v2;                                                                    \
+                o[3] = v3;                                                                    \
+            }                                                                                 \
+    }
+FP_AVG_BWD_VEC(float)
+FP_AVG_BWD_VEC(double)
+#define FP_AVG_BWD_FULL(T) fp_avg_bwd_vec_##T
+#define FP_AVG_BWD_M(B)
+#else
+#define FP_AVG_BWD_M(B) , B
+#define FP_AVG_BWD_FULL(T) fp_avg_bwd_block_##T
+#endif
+
+#define FP_AVG_BWD_BLOCK(T)                                                                   \
+    FP_INLINE void fp_avg_bwd_block_##T(                                                      \
+        T *dst, ptrdiff_t rows, ptrdiff_t rs, ptrdiff_t cols, ptrdiff_t qs,                   \
+        const T *FP_RESTRICT_C g, ptrdiff_t sd, ptrdiff_t sh, ptrdiff_t sw, ptrdiff_t od0,    \
+        ptrdiff_t od1, ptrdiff_t oh0, ptrdiff_t oh1, ptrdiff_t ow0, ptrdiff_t ow1,            \
+        const int64_t *kd, const int64_t *kh, const int64_t *kw, ptrdiff_t m) {               \
+        T v[32] = {0}, t[32];                                                                 \
+        ptrdiff_t od, oh, ow, j, r, q;                                                        \
+        for (ow = ow0; ow < ow1; ow++) {                                                      \
+            for (j = 0; j < m; j++) t[j] = 0;                                                 \
+            for (od = od0; od < od1; od++)                                                    \
+                for (oh = oh0; oh < oh1; oh++) {                                              \
+                    const T *x = g + od * sd + oh * sh + ow * sw;                             \
+                    int64_t count = kd[od] * kh[oh] * kw[ow];                                 \
+                    int mode = fp_div_mode(count, sizeof(T) == sizeof(float));                \
+                    if (mode == FP_DIV_POW2) {                                                \
+                        T rcp = (T)1 / (T)count;                                              \
+                        for (j = 0; j < m; j++) t[j] += x[j] * rcp;                           \
+                    } else if (mode == FP_DIV_RCP) {                                          \
+                        double drcp = 1.0 / (double)count;                                    \
+                        for (j = 0; j < m; j++) t[j] += (T)((double)x[j] * drcp);             \
+                    } else {                                                                  \
+                        T cnt = (T)count;                                                     \
+                        for (j = 0; j < m; j++) t[j] += x[j] / cnt;                           \
+                    }                                                                         \
+                }                                                                             \
+            if (ow == ow0)                                                                    \
+                for (j = 0; j < m; j++) v[j] = t[j];                                          \
+            else                                                                              \
+                for (j = 0; j < m; j++) v[j] += t[j];                                         \
+        }                                                                                     \
+        for (r = 0; r < rows; r++)                                                            \
+            for (q = 0; q < cols; q++) {                                                      \
+                T *o = dst + r * rs + q * qs;                                                 \
+                for (j = 0; j < m; j++) o[j] = v[j];                                          \
+            }                                                                                 \
+    }                                                                                         \
+    static inline void fp_avg_bwd_run_##T(                                                    \
+        T *dst, ptrdiff_t rows, ptrdiff_t rs, ptrdiff_t cols, ptrdiff_t qs, const T *g,       \
+        ptrdiff_t sd, ptrdiff_t sh, ptrdiff_t sw, ptrdiff_t od0, ptrdiff_t od1, ptrdiff_t oh0, \
+        ptrdiff_t oh1, ptrdiff_t ow0, ptrdiff_t ow1, const int64_t *kd, const int64_t *kh,    \
+        const int64_t *kw, ptrdiff_t nc) {                                                    \
+        const ptrdiff_t B = 32 * sizeof(float) / sizeof(T);                                   \
+        ptrdiff_t c0 = 0;                                                                     \
+        for (; c0 + B <= nc; c0 += B)                                                         \
+            FP_AVG_BWD_FULL(T)(dst + c0, rows, rs, cols, qs, g + c0, sd, sh, sw, od0, od1,    \
+                               oh0, oh1, ow0, ow1, kd, kh, kw FP_AVG_BWD_M(B));               \
+        if (c0 < nc)                                                                          \
+            fp_avg_bwd_block_##T(dst + c0, rows, rs, cols, qs, g + c0, sd, sh, sw, od0, od1,  \
+                                 oh0, oh1, ow0, ow1, kd, kh, kw, nc - c0);                    \
+    }
+
+FP_AVG_BWD_BLOCK(float)
+FP_AVG_BWD_BLOCK(double)
+
+#endif
