@@ -54,7 +54,7 @@ NATIVE_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 OPENMP: bool = bool(_cy.OPENMP)
 
 # Below this many elements touched, starting a thread team costs more than it saves.
-_SERIAL_BELOW = 1 << 18
+_SERIAL_BELOW = 1 << 16
 
 _num_threads: int | None = None
 
@@ -186,11 +186,21 @@ def avg_backward(grad_output: np.ndarray, grad_input: np.ndarray) -> None:
         grad_input[...] = gi
 
 
-def max_backward(grad_output: np.ndarray, indices: np.ndarray, grad_input: np.ndarray) -> None:
+#: max_backward takes check=True: it tests the indices itself (see fastpool._host).
+CHECKS_INDICES = True
+
+
+def max_backward(
+    grad_output: np.ndarray, indices: np.ndarray, grad_input: np.ndarray, check: bool = False
+) -> bool:
+    """Returns False when ``check`` is set and an index lies outside the plane (then
+    ``grad_input`` is partly written)."""
     gi, channels_last = grad_input, _channels_last(grad_input)
     if channels_last is None:
         gi, channels_last = _stand_in(grad_input, False)
     g, i = _aligned(grad_output), _aligned(indices)
-    _max_backward(g, i, gi, channels_last, _threads(gi.size + g.size))
+    if not _max_backward(g, i, gi, channels_last, _threads(gi.size + g.size), check):
+        return False
     if gi is not grad_input:
         grad_input[...] = gi
+    return True

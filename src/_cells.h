@@ -240,10 +240,19 @@ FP_MAX_BLOCK(double, int64_t)
 
 /* ------------------------------------------------- average backward: one run of elements */
 
+/* The weight of one output cell in the average backward: 1/count as a double (exact for a
+ * power of two) and count itself. A table of them per output plane spares each use a
+ * division. */
+typedef struct {
+    double rcp;
+    int64_t count;
+} fp_weight;
+
+
 /* The gradient of the input elements that the output cells [od0, od1) x [oh0, oh1) x
  * [ow0, ow1) cover, written to every element of rows x cols (channel vectors at
  * dst + r*rs + q*qs). Cell (od, oh, ow) of grad_output is at g + od*sd + oh*sh + ow*sw and
- * weighs 1 / (kd[od] * kh[oh] * kw[ow]) (window sizes). The terms are added as the planar
+ * weighs wt[od*wsd + oh*wsh + ow] (1 / its window size). The terms are added as the planar
  * definition adds them: for each ow, the sum over (od, oh) of the scaled gradients from
  * +0.0; then those sums over ow, the first one taken as it is. */
 #if FP_VEXT
@@ -251,8 +260,8 @@ FP_MAX_BLOCK(double, int64_t)
     FP_INLINE void fp_avg_bwd_vec_##T(                                                        \
         T *dst, ptrdiff_t rows, ptrdiff_t rs, ptrdiff_t cols, ptrdiff_t qs, const T *g,       \
         ptrdiff_t sd, ptrdiff_t sh, ptrdiff_t sw, ptrdiff_t od0, ptrdiff_t od1, ptrdiff_t oh0, \
-        ptrdiff_t oh1, ptrdiff_t ow0, ptrdiff_t ow1, const int64_t *kd, const int64_t *kh,    \
-        const int64_t *kw) {                                                                  \
+        ptrdiff_t oh1, ptrdiff_t ow0, ptrdiff_t ow1, const fp_weight *wt, ptrdiff_t wsd,      \
+        ptrdiff_t wsh) {                                                                      \
         fp_v_##T v0 = {0}, v1 = {0}, v2 = {0}, v3 = {0};                                      \
         T tmp[4 * sizeof(fp_v_##T) / sizeof(T)];                                              \
         ptrdiff_t od, oh, ow, j, r, q;                                                        \
@@ -262,17 +271,18 @@ FP_MAX_BLOCK(double, int64_t)
                 for (oh = oh0; oh < oh1; oh++) {                                              \
                     const T *xp = g + od * sd + oh * sh + ow * sw;                            \
                     const fp_v_##T *x = (const fp_v_##T *)xp;                                 \
-                    int64_t count = kd[od] * kh[oh] * kw[ow];                                 \
+                    const fp_weight *cw = wt + od * wsd + oh * wsh + ow;                      \
+                    int64_t count = cw->count;                                                \
                     int mode = fp_div_mode(count, sizeof(T) == sizeof(float));                \
                     if (mode == FP_DIV_POW2) {                                                \
-                        T rcp = (T)1 / (T)count;                                              \
+                        T rcp = (T)cw->rcp;                                                   \
                         t0 += x[0] * rcp;                                                     \
                         t1 += x[1] * rcp;                                                     \
                         t2 += x[2] * rcp;                                                     \
                         t3 += x[3] * rcp;                                                     \
                     } else {                                                                  \
                         if (mode == FP_DIV_RCP) {                                             \
-                            double drcp = 1.0 / (double)count;                                \
+                            double drcp = cw->rcp;                                            \
                             for (j = 0; j < (ptrdiff_t)(sizeof(tmp) / sizeof(T)); j++)        \
                                 tmp[j] = (T)((double)xp[j] * drcp);                           \
                         } else {                                                              \
@@ -321,7 +331,7 @@ FP_AVG_BWD_VEC(double)
         T *dst, ptrdiff_t rows, ptrdiff_t rs, ptrdiff_t cols, ptrdiff_t qs,                   \
         const T *FP_RESTRICT_C g, ptrdiff_t sd, ptrdiff_t sh, ptrdiff_t sw, ptrdiff_t od0,    \
         ptrdiff_t od1, ptrdiff_t oh0, ptrdiff_t oh1, ptrdiff_t ow0, ptrdiff_t ow1,            \
-        const int64_t *kd, const int64_t *kh, const int64_t *kw, ptrdiff_t m) {               \
+        const fp_weight *wt, ptrdiff_t wsd, ptrdiff_t wsh, ptrdiff_t m) {                     \
         T v[32] = {0}, t[32];                                                                 \
         ptrdiff_t od, oh, ow, j, r, q;                                                        \
         for (ow = ow0; ow < ow1; ow++) {                                                      \
@@ -329,13 +339,14 @@ FP_AVG_BWD_VEC(double)
             for (od = od0; od < od1; od++)                                                    \
                 for (oh = oh0; oh < oh1; oh++) {                                              \
                     const T *x = g + od * sd + oh * sh + ow * sw;                             \
-                    int64_t count = kd[od] * kh[oh] * kw[ow];                                 \
+                    const fp_weight *cw = wt + od * wsd + oh * wsh + ow;                      \
+                    int64_t count = cw->count;                                                \
                     int mode = fp_div_mode(count, sizeof(T) == sizeof(float));                \
                     if (mode == FP_DIV_POW2) {                                                \
-                        T rcp = (T)1 / (T)count;                                              \
+                        T rcp = (T)cw->rcp;                                                   \
                         for (j = 0; j < m; j++) t[j] += x[j] * rcp;                           \
                     } else if (mode == FP_DIV_RCP) {                                          \
-                        double drcp = 1.0 / (double)count;                                    \
+                        double drcp = cw->rcp;                                                \
                         for (j = 0; j < m; j++) t[j] += (T)((double)x[j] * drcp);             \
                     } else {                                                                  \
                         T cnt = (T)count;                                                     \
@@ -356,16 +367,16 @@ FP_AVG_BWD_VEC(double)
     static inline void fp_avg_bwd_run_##T(                                                    \
         T *dst, ptrdiff_t rows, ptrdiff_t rs, ptrdiff_t cols, ptrdiff_t qs, const T *g,       \
         ptrdiff_t sd, ptrdiff_t sh, ptrdiff_t sw, ptrdiff_t od0, ptrdiff_t od1, ptrdiff_t oh0, \
-        ptrdiff_t oh1, ptrdiff_t ow0, ptrdiff_t ow1, const int64_t *kd, const int64_t *kh,    \
-        const int64_t *kw, ptrdiff_t nc) {                                                    \
+        ptrdiff_t oh1, ptrdiff_t ow0, ptrdiff_t ow1, const fp_weight *wt, ptrdiff_t wsd,      \
+        ptrdiff_t wsh, ptrdiff_t nc) {                                                        \
         const ptrdiff_t B = 32 * sizeof(float) / sizeof(T);                                   \
         ptrdiff_t c0 = 0;                                                                     \
         for (; c0 + B <= nc; c0 += B)                                                         \
             FP_AVG_BWD_FULL(T)(dst + c0, rows, rs, cols, qs, g + c0, sd, sh, sw, od0, od1,    \
-                               oh0, oh1, ow0, ow1, kd, kh, kw FP_AVG_BWD_M(B));               \
+                               oh0, oh1, ow0, ow1, wt, wsd, wsh FP_AVG_BWD_M(B));          \
         if (c0 < nc)                                                                          \
             fp_avg_bwd_block_##T(dst + c0, rows, rs, cols, qs, g + c0, sd, sh, sw, od0, od1,  \
-                                 oh0, oh1, ow0, ow1, kd, kh, kw, nc - c0);                    \
+                                 oh0, oh1, ow0, ow1, wt, wsd, wsh, nc - c0);               \
     }
 
 FP_AVG_BWD_BLOCK(float)

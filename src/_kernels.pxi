@@ -6,7 +6,7 @@ cimport numpy as cnp
 from cython cimport floating
 from cython.parallel cimport prange, threadid
 from libc.math cimport INFINITY
-from libc.stdint cimport int32_t, int64_t
+from libc.stdint cimport int32_t, int64_t, uint64_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memset
 
@@ -34,6 +34,9 @@ cdef extern from "_simd.h" nogil:
                           Py_ssize_t sd, Py_ssize_t sh, Py_ssize_t* run, Py_ssize_t* col)
 
 cdef extern from "_cells.h" nogil:
+    ctypedef struct fp_weight:
+        double rcp
+        int64_t count
     void fp_avg_cell_float(float* dst, const float* base, Py_ssize_t kd, Py_ssize_t kh,
                            Py_ssize_t kw, Py_ssize_t sd, Py_ssize_t sh, Py_ssize_t sw,
                            Py_ssize_t nc)
@@ -49,14 +52,13 @@ cdef extern from "_cells.h" nogil:
     void fp_avg_bwd_run_float(float* dst, Py_ssize_t rows, Py_ssize_t rs, Py_ssize_t cols,
                               Py_ssize_t qs, const float* g, Py_ssize_t sd, Py_ssize_t sh,
                               Py_ssize_t sw, Py_ssize_t od0, Py_ssize_t od1, Py_ssize_t oh0,
-                              Py_ssize_t oh1, Py_ssize_t ow0, Py_ssize_t ow1, const int64_t* kd,
-                              const int64_t* kh, const int64_t* kw, Py_ssize_t nc)
+                              Py_ssize_t oh1, Py_ssize_t ow0, Py_ssize_t ow1, const fp_weight* wt,
+                              Py_ssize_t wsd, Py_ssize_t wsh, Py_ssize_t nc)
     void fp_avg_bwd_run_double(double* dst, Py_ssize_t rows, Py_ssize_t rs, Py_ssize_t cols,
                                Py_ssize_t qs, const double* g, Py_ssize_t sd, Py_ssize_t sh,
                                Py_ssize_t sw, Py_ssize_t od0, Py_ssize_t od1, Py_ssize_t oh0,
                                Py_ssize_t oh1, Py_ssize_t ow0, Py_ssize_t ow1,
-                               const int64_t* kd, const int64_t* kh, const int64_t* kw,
-                               Py_ssize_t nc)
+                               const fp_weight* wt, Py_ssize_t wsd, Py_ssize_t wsh, Py_ssize_t nc)
 
 cdef extern from "_omp_compat.h":
     const int FASTPOOL_OPENMP
@@ -963,10 +965,10 @@ cdef void _avg_bwd_planar(const floating* go, floating* gi, floating* rv, Geom g
 cdef void _avg_bwd_cl(const floating* go, floating* gi, floating* buf, Geom g,
                       const Py_ssize_t* wd, const Py_ssize_t* wh, const Py_ssize_t* ww,
                       const Py_ssize_t* cover_d, const Py_ssize_t* hruns, Py_ssize_t nhr,
-                      const Py_ssize_t* wruns, Py_ssize_t nwr, const int64_t* ksz,
+                      const Py_ssize_t* wruns, Py_ssize_t nwr, const fp_weight* wt,
                       Py_ssize_t task) noexcept nogil:
     """Channels-last ``grad_input[n, c0:c1, d, h_begin:h_end, :]``, vectorised over channels.
-    ``ksz``: the window sizes along D, H and W (od + oh + ow values)."""
+    ``wt``: the weight of every output cell (Do x Ho x Wo, C order)."""
     cdef Py_ssize_t cb = task % g.ncb, t = task // g.ncb
     cdef Py_ssize_t hr = t % nhr
     t = t // nhr
@@ -984,14 +986,14 @@ cdef void _avg_bwd_cl(const floating* go, floating* gi, floating* buf, Geom g,
                 fp_avg_bwd_run_float(row + wruns[4 * r] * g.bw, run[1] - run[0], g.bh,
                                      wruns[4 * r + 1] - wruns[4 * r], g.bw, gp, g.sd, g.sh,
                                      g.sw, cover_d[2 * d], cover_d[2 * d + 1], run[2], run[3],
-                                     wruns[4 * r + 2], wruns[4 * r + 3], ksz, ksz + g.od,
-                                     ksz + g.od + g.oh, nc)
+                                     wruns[4 * r + 2], wruns[4 * r + 3], wt, g.oh * g.ow, g.ow,
+                                     nc)
             else:
                 fp_avg_bwd_run_double(row + wruns[4 * r] * g.bw, run[1] - run[0], g.bh,
                                       wruns[4 * r + 1] - wruns[4 * r], g.bw, gp, g.sd, g.sh,
                                       g.sw, cover_d[2 * d], cover_d[2 * d + 1], run[2], run[3],
-                                      wruns[4 * r + 2], wruns[4 * r + 3], ksz, ksz + g.od,
-                                      ksz + g.od + g.oh, nc)
+                                      wruns[4 * r + 2], wruns[4 * r + 3], wt, g.oh * g.ow,
+                                      g.ow, nc)
         return
     _avg_bwd_rowvals(go + n * g.sn + c0 * g.sc, rv, g, cover_d[2 * d], cover_d[2 * d + 1],
                      run[2], run[3], wd, wh, ww, nc, g.sc)
@@ -1020,17 +1022,25 @@ cdef int _avg_backward(const floating* gop, floating* gip, cnp.ndarray grad_outp
     cdef Py_ssize_t* cover_d = ww + 2 * g.ow
     cdef Py_ssize_t* hruns = cover_d + 2 * g.d
     cdef Py_ssize_t* wruns = hruns + 4 * g.h
-    cdef int64_t* ksz = NULL
+    cdef fp_weight* wt = NULL
+    cdef Py_ssize_t od, oh, ow, i
     try:
-        ksz = <int64_t*>_alloc((g.od + g.oh + g.ow) * sizeof(int64_t))
         _fill_windows(wd, g.d, g.od)
         _fill_windows(wh, g.h, g.oh)
         _fill_windows(ww, g.w, g.ow)
         _fill_windows(cover_d, g.od, g.d)
         nhr = _fill_cover_runs(hruns, g.h, g.oh)
         nwr = _fill_cover_runs(wruns, g.w, g.ow)
-        for task in range(g.od + g.oh + g.ow):
-            ksz[task] = wd[2 * task + 1] - wd[2 * task]  # wd, wh, ww are one table
+        if channels_last and g.sc == 1:
+            wt = <fp_weight*>_alloc(g.od * g.oh * g.ow * sizeof(fp_weight))
+            i = 0
+            for od in range(g.od):
+                for oh in range(g.oh):
+                    for ow in range(g.ow):
+                        wt[i].count = ((wd[2 * od + 1] - wd[2 * od]) * (wh[2 * oh + 1] - wh[2 * oh])
+                                       * (ww[2 * ow + 1] - ww[2 * ow]))
+                        wt[i].rcp = 1.0 / <double>wt[i].count
+                        i = i + 1
         if channels_last:
             _channel_blocks(&g, g.n * g.d * nhr, num_threads)
             ntasks = g.n * g.d * nhr * g.ncb
@@ -1046,11 +1056,11 @@ cdef int _avg_backward(const floating* gop, floating* gip, cnp.ndarray grad_outp
                 with nogil:
                     for task in range(ntasks):
                         _avg_bwd_cl(gop, gip, scratch, g, wd, wh, ww,
-                                    cover_d, hruns, nhr, wruns, nwr, ksz, task)
+                                    cover_d, hruns, nhr, wruns, nwr, wt, task)
             else:
                 for task in prange(ntasks, nogil=True, schedule='static', num_threads=nt):
                     _avg_bwd_cl(gop, gip, scratch + threadid() * bufsize, g, wd, wh, ww,
-                                cover_d, hruns, nhr, wruns, nwr, ksz, task)
+                                cover_d, hruns, nhr, wruns, nwr, wt, task)
         else:
             if nt == 1:  # no thread team for one thread
                 with nogil:
@@ -1063,7 +1073,7 @@ cdef int _avg_backward(const floating* gop, floating* gip, cnp.ndarray grad_outp
                                     cover_d, hruns, nhr, wruns, nwr, task)
     finally:
         free(wd)
-        free(ksz)
+        free(wt)
         free(scratch)
     return 0
 
@@ -1079,22 +1089,29 @@ cdef inline Py_ssize_t _offset(Geom g, int64_t p, bint dense) noexcept nogil:
 
 
 cdef void _max_bwd_scatter(const floating* go, const int64_t* idx, floating* gi, Geom g,
-                           bint dense, Py_ssize_t plane) noexcept nogil:
-    """``grad_input[n, c].flat[indices[o]] += grad_output[o]`` in output order (one plane)."""
+                           bint dense, Py_ssize_t plane, int* bad) noexcept nogil:
+    """``grad_input[n, c].flat[indices[o]] += grad_output[o]`` in output order (one plane).
+    With ``bad``, indices outside the plane are skipped and set ``bad[0]``."""
     cdef Py_ssize_t c = plane % g.c, n = plane // g.c, od, oh, ow
     cdef const floating* gp = go + n * g.sn + c * g.sc
     cdef const int64_t* ip = idx + n * g.in_ + c * g.ic
     cdef floating* base = gi + n * g.bn + c * g.bc
+    cdef uint64_t size = g.d * g.h * g.w
+    cdef int64_t p
     cdef Py_ssize_t off
     for od in range(g.od):
         for oh in range(g.oh):
             for ow in range(g.ow):
-                off = _offset(g, ip[od * g.id + oh * g.ih + ow * g.iw], dense)
+                p = ip[od * g.id + oh * g.ih + ow * g.iw]
+                if bad != NULL and <uint64_t>p >= size:
+                    bad[0] = 1
+                    continue
+                off = _offset(g, p, dense)
                 base[off] = base[off] + gp[od * g.sd + oh * g.sh + ow * g.sw]
 
 
 cdef void _max_bwd_planar(const floating* go, const int64_t* idx, floating* gi, Geom g,
-                          bint dense, Py_ssize_t plane) noexcept nogil:
+                          bint dense, Py_ssize_t plane, int* bad) noexcept nogil:
     """Zero one plane, then scatter into it while it is still in cache."""
     cdef Py_ssize_t c = plane % g.c, n = plane // g.c, d, h
     cdef floating* base = gi + n * g.bn + c * g.bc
@@ -1104,7 +1121,7 @@ cdef void _max_bwd_planar(const floating* go, const int64_t* idx, floating* gi, 
         for d in range(g.d):
             for h in range(g.h):
                 memset(base + d * g.bd + h * g.bh, 0, g.w * sizeof(floating))
-    _max_bwd_scatter(go, idx, gi, g, dense, plane)
+    _max_bwd_scatter(go, idx, gi, g, dense, plane, bad)
 
 
 cdef void _max_bwd_cl(const floating* go, const int64_t* idx, floating* gi, Geom g,
@@ -1154,13 +1171,16 @@ cdef void _max_bwd_cl(const floating* go, const int64_t* idx, floating* gi, Geom
 
 
 cdef void _max_bwd_cl_slab(const floating* go, const int64_t* idx, floating* gi, Geom g,
-                           Py_ssize_t n) noexcept nogil:
+                           Py_ssize_t n, int* bad) noexcept nogil:
     """Channels-last ``grad_input[n]`` when it fits in cache: zero it, then add every cell in
-    output order; no index checks (compare _max_bwd_cl)."""
+    output order; no row-range tests (compare _max_bwd_cl). With ``bad``, indices outside
+    the plane are skipped and set ``bad[0]``."""
     cdef Py_ssize_t od, oh, ow, c
     cdef floating* base = gi + n * g.bn
     cdef const floating* gp
     cdef const int64_t* ip
+    cdef uint64_t size = g.d * g.h * g.w
+    cdef int64_t p
     memset(base, 0, g.d * g.h * g.w * g.c * sizeof(floating))
     for od in range(g.od):
         for oh in range(g.oh):
@@ -1168,47 +1188,91 @@ cdef void _max_bwd_cl_slab(const floating* go, const int64_t* idx, floating* gi,
                 gp = go + n * g.sn + od * g.sd + oh * g.sh + ow * g.sw
                 ip = idx + n * g.in_ + od * g.id + oh * g.ih + ow * g.iw
                 for c in range(g.c):
-                    base[ip[c * g.ic] * g.c + c] = base[ip[c * g.ic] * g.c + c] + gp[c * g.sc]
+                    p = ip[c * g.ic]
+                    if bad != NULL and <uint64_t>p >= size:
+                        bad[0] = 1
+                        continue
+                    base[p * g.c + c] = base[p * g.c + c] + gp[c * g.sc]
+
+
+cdef bint _indices_in_plane(const int64_t* idx, Geom g) noexcept nogil:
+    """Does every index lie in [0, D*H*W)? (One pass, for the paths that cannot test as
+    they go.)"""
+    cdef uint64_t size = g.d * g.h * g.w, worst = 0
+    cdef Py_ssize_t n, c, od, oh, ow
+    cdef const int64_t* row
+    for n in range(g.n):
+        for c in range(g.c):
+            for od in range(g.od):
+                for oh in range(g.oh):
+                    row = idx + n * g.in_ + c * g.ic + od * g.id + oh * g.ih
+                    for ow in range(g.ow):
+                        worst = max(worst, <uint64_t>row[ow * g.iw])  # negative: huge
+    return worst < size
 
 
 cdef int _max_backward(const floating* gop, floating* gip, cnp.ndarray grad_output,
                        cnp.ndarray indices, cnp.ndarray grad_input, bint channels_last,
-                       int num_threads) except -1:
+                       int num_threads, bint check) except -1:
     """Zero, then scatter-add in output order, each element by one thread: deterministic
-    without atomics (planar: one plane per task; channels-last: one run of rows per task)."""
+    without atomics (planar: one plane per task; channels-last: one run of rows per task).
+
+    With ``check``, indices outside the plane are found here rather than by the caller:
+    returns 0 (``grad_input`` then holds partial results) instead of 1. The planar and slab
+    paths test each index as they use it; the row-run path tests them all first."""
     cdef Geom g = _geom(_shape(grad_input), _strides(grad_input), _shape(grad_output),
                         _strides(grad_output), sizeof(floating))
     _set_index_strides(&g, _strides(indices))
     cdef bint dense = ((g.h == 1 or g.bh == g.w * g.bw)
                        and (g.d == 1 or g.bd == g.h * g.w * g.bw))
     cdef Py_ssize_t task, ntasks, nhr
-    cdef int nt
+    cdef int nt, ok = 1, i
     cdef const int64_t* ip = <const int64_t*>cnp.PyArray_DATA(indices)
     cdef Py_ssize_t* cover_d
     cdef Py_ssize_t* hruns
-    if not channels_last:
-        ntasks = g.n * g.c
+    # per thread: whether it met an index outside the plane (one cache line each)
+    cdef int* bad = NULL
+    cdef Py_ssize_t stride = 32
+    if not channels_last or (dense and g.bw == g.c and g.n >= 4 * num_threads
+                             and g.d * g.h * g.w * g.c * sizeof(floating) <= 65536):
+        ntasks = g.n * g.c if not channels_last else g.n
         _task_threads(ntasks, num_threads, &nt)
-        if nt == 1:  # no thread team for one thread
-            with nogil:
-                for task in range(ntasks):
-                    _max_bwd_planar(gop, ip, gip, g, dense, task)
-        else:
-            for task in prange(ntasks, nogil=True, schedule='static', num_threads=nt):
-                _max_bwd_planar(gop, ip, gip, g, dense, task)
-        return 0
-    if (dense and g.bw == g.c and g.n >= 4 * num_threads
-            and g.d * g.h * g.w * g.c * sizeof(floating) <= 65536):
-        # small dense (n) slabs, enough of them: one per task, like the planar planes
-        _task_threads(g.n, num_threads, &nt)
-        if nt == 1:  # no thread team for one thread
-            with nogil:
-                for task in range(g.n):
-                    _max_bwd_cl_slab(gop, ip, gip, g, task)
-        else:
-            for task in prange(g.n, nogil=True, schedule='static', num_threads=nt):
-                _max_bwd_cl_slab(gop, ip, gip, g, task)
-        return 0
+        if check:
+            bad = <int*>_alloc(nt * stride * sizeof(int))
+            for i in range(nt):
+                bad[i * stride] = 0
+        try:
+            if not channels_last:
+                if nt == 1:  # no thread team for one thread
+                    with nogil:
+                        for task in range(ntasks):
+                            _max_bwd_planar(gop, ip, gip, g, dense, task, bad)
+                else:
+                    for task in prange(ntasks, nogil=True, schedule='static', num_threads=nt):
+                        _max_bwd_planar(gop, ip, gip, g, dense, task,
+                                        bad + threadid() * stride if bad != NULL else NULL)
+            else:
+                # small dense (n) slabs, enough of them: one per task, like the planar planes
+                if nt == 1:  # no thread team for one thread
+                    with nogil:
+                        for task in range(ntasks):
+                            _max_bwd_cl_slab(gop, ip, gip, g, task, bad)
+                else:
+                    for task in prange(ntasks, nogil=True, schedule='static', num_threads=nt):
+                        _max_bwd_cl_slab(gop, ip, gip, g, task,
+                                         bad + threadid() * stride if bad != NULL else NULL)
+            if check:
+                for i in range(nt):
+                    if bad[i * stride]:
+                        ok = 0
+        finally:
+            free(bad)
+        return ok
+    if check:
+        with nogil:
+            ok = _indices_in_plane(ip, g)
+        if not ok:
+            return 0
     cover_d = <Py_ssize_t*>_alloc((2 * g.d + 4 * g.h) * sizeof(Py_ssize_t))
     hruns = cover_d + 2 * g.d
     try:
@@ -1225,7 +1289,7 @@ cdef int _max_backward(const floating* gop, floating* gip, cnp.ndarray grad_outp
                 _max_bwd_cl(gop, ip, gip, g, cover_d, hruns, nhr, task)
     finally:
         free(cover_d)
-    return 0
+    return 1
 
 
 # ========================================================================= entry points
@@ -1268,15 +1332,19 @@ def avg_backward(cnp.ndarray grad_output not None, cnp.ndarray grad_input not No
 
 
 def max_backward(cnp.ndarray grad_output not None, cnp.ndarray indices not None,
-                 cnp.ndarray grad_input not None, bint channels_last, int num_threads):
-    """``grad_input.flat_plane[indices] += grad_output``, each element by one thread."""
+                 cnp.ndarray grad_input not None, bint channels_last, int num_threads,
+                 bint check=False):
+    """``grad_input.flat_plane[indices] += grad_output``, each element by one thread.
+
+    ``check=False``: the caller has checked that every index lies in the plane. With
+    ``check=True`` the kernel checks (cheaper than a separate pass) and returns False when
+    one does not, leaving ``grad_input`` partly written; else it returns True."""
     cdef int t = _float_kind(grad_input, grad_output, True)
     _check_array(indices, cnp.NPY_INT64, False)
     if t == cnp.NPY_FLOAT:
-        _max_backward(<const float*>cnp.PyArray_DATA(grad_output),
-                      <float*>cnp.PyArray_DATA(grad_input), grad_output, indices, grad_input,
-                      channels_last, num_threads)
-    else:
-        _max_backward(<const double*>cnp.PyArray_DATA(grad_output),
-                      <double*>cnp.PyArray_DATA(grad_input), grad_output, indices, grad_input,
-                      channels_last, num_threads)
+        return bool(_max_backward(<const float*>cnp.PyArray_DATA(grad_output),
+                                  <float*>cnp.PyArray_DATA(grad_input), grad_output, indices,
+                                  grad_input, channels_last, num_threads, check))
+    return bool(_max_backward(<const double*>cnp.PyArray_DATA(grad_output),
+                              <double*>cnp.PyArray_DATA(grad_input), grad_output, indices,
+                              grad_input, channels_last, num_threads, check))

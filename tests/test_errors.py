@@ -167,6 +167,25 @@ def test_max_backward_index_checks(backend, dims):
     np.testing.assert_array_equal(fn(values, indices.astype(np.int32), x.shape, backend=backend), ref)
 
 
+@pytest.mark.parametrize("data_format", ["channels_first", "channels_last"])
+@pytest.mark.parametrize("n", [1, 16])
+def test_max_backward_bad_index_without_out(backend, data_format, n):
+    # Without out= a compiled kernel may check the indices as it goes (per plane, per
+    # channels-last sample, or in a first pass for runs of rows): each way must raise.
+    x = np.random.default_rng(1).standard_normal((n, 6, 6, 6))
+    values, indices = fastpool.adaptive_max_pool2d(
+        x, 4, True, backend=backend, data_format=data_format
+    )
+    for where in (0, indices.size - 1):
+        for bad_value in (-1, 36, 2**62):
+            bad = indices.copy()
+            bad.flat[where] = bad_value
+            with pytest.raises(ValueError, match=r"indices must lie in \[0, 36\)"):
+                fastpool.adaptive_max_pool2d_backward(
+                    values, bad, x.shape, backend=backend, data_format=data_format
+                )
+
+
 def test_bad_data_format(backend):
     with pytest.raises(ValueError, match="data_format"):
         fastpool.adaptive_avg_pool2d(_x(2), 2, backend=backend, data_format="NHWC")
