@@ -1124,6 +1124,43 @@ cdef void _max_bwd_planar(const floating* go, const int64_t* idx, floating* gi, 
     _max_bwd_scatter(go, idx, gi, g, dense, plane, bad)
 
 
+cdef enum:
+    _GROUP = 8  # planes per task of _max_bwd_group
+
+
+cdef void _max_bwd_group(const floating* go, const int64_t* idx, floating* gi, Geom g,
+                         Py_ssize_t task, int* bad) noexcept nogil:
+    """Planes [8 * task, 8 * task + 8) of small dense planes that follow each other at
+    fixed strides (C order): zero them, then add every cell in output order, the eight
+    planes' additions interleaved. One plane alone is a chain of dependent read-add-writes
+    whenever neighbouring cells share their maximum (upsampling: most of them), each waiting
+    on the store before it; eight independent chains overlap. The order of the additions
+    into each element is unchanged (output order)."""
+    cdef Py_ssize_t p0 = task * _GROUP, m = min(<Py_ssize_t>_GROUP, g.n * g.c - p0)
+    cdef Py_ssize_t j, o, ncell = g.od * g.oh * g.ow
+    cdef Py_ssize_t size = g.d * g.h * g.w
+    cdef floating* base = gi + p0 * g.bc
+    cdef const floating* gp = go + p0 * g.sc
+    cdef const int64_t* ip = idx + p0 * g.ic
+    cdef int64_t p
+    memset(base, 0, m * size * sizeof(floating))
+    for o in range(ncell):
+        if m == _GROUP:  # the full group, unrolled by the compiler
+            for j in range(_GROUP):
+                p = ip[j * g.ic + o]
+                if bad != NULL and <uint64_t>p >= <uint64_t>size:
+                    bad[0] = 1
+                    continue
+                base[j * size + p] = base[j * size + p] + gp[j * g.sc + o]
+        else:
+            for j in range(m):
+                p = ip[j * g.ic + o]
+                if bad != NULL and <uint64_t>p >= <uint64_t>size:
+                    bad[0] = 1
+                    continue
+                base[j * size + p] = base[j * size + p] + gp[j * g.sc + o]
+
+
 cdef void _max_bwd_cl(const floating* go, const int64_t* idx, floating* gi, Geom g,
                       const Py_ssize_t* cover_d, const Py_ssize_t* hruns, Py_ssize_t nhr,
                       Py_ssize_t task) noexcept nogil:
@@ -1227,6 +1264,7 @@ cdef int _max_backward(const floating* gop, floating* gip, cnp.ndarray grad_outp
                        and (g.d == 1 or g.bd == g.h * g.w * g.bw))
     cdef Py_ssize_t task, ntasks, nhr
     cdef int nt, ok = 1, i
+    cdef bint group
     cdef const int64_t* ip = <const int64_t*>cnp.PyArray_DATA(indices)
     cdef Py_ssize_t* cover_d
     cdef Py_ssize_t* hruns
@@ -1236,13 +1274,32 @@ cdef int _max_backward(const floating* gop, floating* gip, cnp.ndarray grad_outp
     if not channels_last or (dense and g.bw == g.c and g.n >= 4 * num_threads
                              and g.d * g.h * g.w * g.c * sizeof(floating) <= 65536):
         ntasks = g.n * g.c if not channels_last else g.n
+        # C-order planes small enough that eight of them stay in L1: eight per task
+        group = (not channels_last and g.d * g.h * g.w * sizeof(floating) * _GROUP <= 16384
+                 and ntasks >= 2 * _GROUP and g.bc == g.d * g.h * g.w and g.bn == g.c * g.bc
+                 and g.bw == 1 and (g.h == 1 or g.bh == g.w) and (g.d == 1 or g.bd == g.h * g.w)
+                 and g.sc == g.od * g.oh * g.ow and g.sn == g.c * g.sc and g.sw == 1
+                 and (g.oh == 1 or g.sh == g.ow) and (g.od == 1 or g.sd == g.oh * g.ow)
+                 and g.ic == g.sc and g.in_ == g.c * g.ic and g.iw == 1
+                 and (g.oh == 1 or g.ih == g.ow) and (g.od == 1 or g.id == g.oh * g.ow))
+        if not channels_last and group:
+            ntasks = (ntasks + _GROUP - 1) // _GROUP
         _task_threads(ntasks, num_threads, &nt)
         if check:
             bad = <int*>_alloc(nt * stride * sizeof(int))
             for i in range(nt):
                 bad[i * stride] = 0
         try:
-            if not channels_last:
+            if not channels_last and group:
+                if nt == 1:  # no thread team for one thread
+                    with nogil:
+                        for task in range(ntasks):
+                            _max_bwd_group(gop, ip, gip, g, task, bad)
+                else:
+                    for task in prange(ntasks, nogil=True, schedule='static', num_threads=nt):
+                        _max_bwd_group(gop, ip, gip, g, task,
+                                       bad + threadid() * stride if bad != NULL else NULL)
+            elif not channels_last:
                 if nt == 1:  # no thread team for one thread
                     with nogil:
                         for task in range(ntasks):
