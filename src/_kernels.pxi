@@ -980,20 +980,31 @@ cdef void _avg_bwd_cl(const floating* go, floating* gi, floating* buf, Geom g,
     cdef floating* vec = buf                  # nc: the value of one run of columns
     cdef floating* rv = buf + g.cbs           # g.ow * nc: per output column
     cdef const floating* gp = go + n * g.sn + c0
+    cdef Py_ssize_t rows = run[1] - run[0], cols
+    cdef bint direct
     if g.sc == 1:  # channels-last grad_output: one register pass per run of elements
         for r in range(nwr):
+            cols = wruns[4 * r + 1] - wruns[4 * r]
+            # Straight from registers into every element of the run, block by block, unless
+            # that would revisit a large run once per block of channels (a 64x64 plane of
+            # 512 channels from one cell): then one vector, copied whole to each element.
+            direct = rows * cols == 1 or nc * sizeof(floating) <= 128
             if floating is float:
-                fp_avg_bwd_run_float(row + wruns[4 * r] * g.bw, run[1] - run[0], g.bh,
-                                     wruns[4 * r + 1] - wruns[4 * r], g.bw, gp, g.sd, g.sh,
-                                     g.sw, cover_d[2 * d], cover_d[2 * d + 1], run[2], run[3],
-                                     wruns[4 * r + 2], wruns[4 * r + 3], wt, g.oh * g.ow, g.ow,
-                                     nc)
+                fp_avg_bwd_run_float(row + wruns[4 * r] * g.bw if direct else vec,
+                                     rows if direct else 1, g.bh, cols if direct else 1, g.bw,
+                                     gp, g.sd, g.sh, g.sw, cover_d[2 * d], cover_d[2 * d + 1],
+                                     run[2], run[3], wruns[4 * r + 2], wruns[4 * r + 3], wt,
+                                     g.oh * g.ow, g.ow, nc)
             else:
-                fp_avg_bwd_run_double(row + wruns[4 * r] * g.bw, run[1] - run[0], g.bh,
-                                      wruns[4 * r + 1] - wruns[4 * r], g.bw, gp, g.sd, g.sh,
-                                      g.sw, cover_d[2 * d], cover_d[2 * d + 1], run[2], run[3],
-                                      wruns[4 * r + 2], wruns[4 * r + 3], wt, g.oh * g.ow,
-                                      g.ow, nc)
+                fp_avg_bwd_run_double(row + wruns[4 * r] * g.bw if direct else vec,
+                                      rows if direct else 1, g.bh, cols if direct else 1, g.bw,
+                                      gp, g.sd, g.sh, g.sw, cover_d[2 * d], cover_d[2 * d + 1],
+                                      run[2], run[3], wruns[4 * r + 2], wruns[4 * r + 3], wt,
+                                      g.oh * g.ow, g.ow, nc)
+            if not direct:
+                for h in range(rows):
+                    for w in range(wruns[4 * r], wruns[4 * r + 1]):
+                        _copy(row + h * g.bh + w * g.bw, vec, nc)
         return
     _avg_bwd_rowvals(go + n * g.sn + c0 * g.sc, rv, g, cover_d[2 * d], cover_d[2 * d + 1],
                      run[2], run[3], wd, wh, ww, nc, g.sc)
