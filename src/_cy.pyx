@@ -17,6 +17,8 @@ copies anything else once, and picks the thread count):
   then each cell sums its columns (16 partial sums). Max: the column maxima over the
   window's rows, then the best column per cell; windows of one row (1d) or whole contiguous
   rows take a two-pass vector search. Global pooling (1x1x1 output) sums whole planes.
+  Small planes (up to 1024 elements) go by blocks of channels: transposed into an L1
+  buffer, pooled there by the channels-last cell kernels, transposed back.
 * channels-last -- channel stride 1, as in ``(N, H, W, C)`` data or PyTorch's
   ``channels_last`` tensors. Tasks are (batch, block of output rows, channel block); inner
   loops run over channels, like PyTorch's NHWC kernels, with each cell's block of channels

@@ -343,6 +343,93 @@ cdef void _plane_blocks(Geom* g, Py_ssize_t items, int num_threads):
     g.nib = (items + g.ipt - 1) // g.ipt
 
 
+# Small planes (a few hundred elements: upsampling, small feature maps) in planar memory.
+# Per-row and per-cell bookkeeping outweighs the arithmetic there, so a task takes a block
+# of channels of one sample, transposes its planes into an L1 buffer (channel stride 1),
+# runs the channels-last cell kernels of _cells.h on it, and transposes the results back.
+# The choice depends on the spatial shapes and strides only (never on N, C or the thread
+# count), so a chunk of an array gets the bits of the whole.
+cdef enum:
+    _SMALL_PLANE = 1024  # most elements of an input or output plane
+    _SMALL_BLOCK = 32    # channels per task (float32; float64 takes 16)
+
+
+cdef bint _small_planes(Geom* g, bint with_idx):
+    """True (and the channel block in g.cbs) when the planes of all arrays are small and
+    dense (elements in C order) and the output is not one cell per plane."""
+    cdef Py_ssize_t plane = g.d * g.h * g.w, cells = g.od * g.oh * g.ow
+    if plane > _SMALL_PLANE or cells > _SMALL_PLANE or cells == 1 or plane == 1:
+        return False
+    if not (g.bw == 1 and (g.h == 1 or g.bh == g.w) and (g.d == 1 or g.bd == g.h * g.w)):
+        return False
+    if not (g.sw == 1 and (g.oh == 1 or g.sh == g.ow) and (g.od == 1 or g.sd == g.oh * g.ow)):
+        return False
+    if with_idx and not (g.iw == 1 and (g.oh == 1 or g.ih == g.ow)
+                         and (g.od == 1 or g.id == g.oh * g.ow)):
+        return False
+    return True
+
+
+cdef inline void _transpose(floating* dst, Py_ssize_t dstride, const floating* src,
+                            Py_ssize_t sstride, Py_ssize_t rows, Py_ssize_t cols) noexcept nogil:
+    """``dst[c * dstride + r] = src[r * sstride + c]``."""
+    if floating is float:
+        fp_transpose_float(dst, dstride, src, sstride, rows, cols)
+    else:
+        fp_transpose_double(dst, dstride, src, sstride, rows, cols)
+
+
+cdef void _fwd_small(const floating* x, floating* out, int64_t* idx, floating* buf, Geom g,
+                     const Py_ssize_t* wd, const Py_ssize_t* wh, const Py_ssize_t* ww,
+                     bint is_max, Py_ssize_t task) noexcept nogil:
+    """Channels [c0, c0 + m) of sample n (see _small_planes): ``buf`` holds the input block
+    (plane x m), the results (cells x m) and, for max, their positions (cells x m int64)."""
+    cdef Py_ssize_t cb = g.cbs, nblk = (g.c + cb - 1) // cb
+    cdef Py_ssize_t n = task // nblk, c0 = (task % nblk) * cb, m = min(cb, g.c - c0)
+    cdef Py_ssize_t hw = g.h * g.w, plane = g.d * hw, ncell = g.od * g.oh * g.ow
+    cdef Py_ssize_t od, oh, ow, d0, h0, w0, cell = 0
+    cdef floating* xb = buf
+    cdef floating* ob = buf + plane * cb
+    cdef int64_t* kb = <int64_t*>(ob + ncell * cb)
+    cdef const floating* base
+    _transpose(xb, m, x + n * g.bn + c0 * g.bc, g.bc, m, plane)
+    for od in range(g.od):
+        d0 = wd[2 * od]
+        for oh in range(g.oh):
+            h0 = wh[2 * oh]
+            for ow in range(g.ow):
+                w0 = ww[2 * ow]
+                base = xb + (d0 * hw + h0 * g.w + w0) * m
+                if is_max:
+                    if floating is float:
+                        fp_max_cell_float(ob + cell * m, kb + cell * m, base,
+                                          wd[2 * od + 1] - d0, wh[2 * oh + 1] - h0,
+                                          ww[2 * ow + 1] - w0, hw * m, g.w * m, m, m,
+                                          d0 * hw + h0 * g.w + w0, hw, g.w)
+                    else:
+                        fp_max_cell_double(ob + cell * m, kb + cell * m, base,
+                                           wd[2 * od + 1] - d0, wh[2 * oh + 1] - h0,
+                                           ww[2 * ow + 1] - w0, hw * m, g.w * m, m, m,
+                                           d0 * hw + h0 * g.w + w0, hw, g.w)
+                elif floating is float:
+                    fp_avg_cell_float(ob + cell * m, base, wd[2 * od + 1] - d0,
+                                      wh[2 * oh + 1] - h0, ww[2 * ow + 1] - w0, hw * m,
+                                      g.w * m, m, m)
+                else:
+                    fp_avg_cell_double(ob + cell * m, base, wd[2 * od + 1] - d0,
+                                       wh[2 * oh + 1] - h0, ww[2 * ow + 1] - w0, hw * m,
+                                       g.w * m, m, m)
+                cell = cell + 1
+    _transpose(out + n * g.sn + c0 * g.sc, g.sc, ob, m, ncell, m)
+    if is_max:
+        fp_transpose_i64(idx + n * g.in_ + c0 * g.ic, g.ic, kb, m, ncell, m)
+
+
+cdef Py_ssize_t _small_tasks(Geom* g, Py_ssize_t itemsize) noexcept nogil:
+    g.cbs = _SMALL_BLOCK * 4 // itemsize
+    return g.n * ((g.c + g.cbs - 1) // g.cbs)
+
+
 # ========================================================================= average forward
 
 cdef inline void _avg_fwd_row(const floating* xp, floating* op, floating* buf, Geom g,
@@ -552,6 +639,20 @@ cdef int _avg_forward(const floating* xp, floating* op, cnp.ndarray x, cnp.ndarr
             else:
                 for task in prange(g.nib, nogil=True, schedule='static', num_threads=nt):
                     _fwd_global(xp, op, NULL, g, False, task)
+            return 0
+        elif _small_planes(&g, False):
+            ntasks = _small_tasks(&g, sizeof(floating))
+            bufsize = _per_thread(g.cbs * (g.d * g.h * g.w + g.od * g.oh * g.ow))
+            _task_threads(ntasks, num_threads, &nt)
+            scratch = <floating*>_alloc(nt * bufsize * sizeof(floating))
+            if nt == 1:  # no thread team for one thread
+                with nogil:
+                    for task in range(ntasks):
+                        _fwd_small(xp, op, NULL, scratch, g, wd, wh, ww, False, task)
+            else:
+                for task in prange(ntasks, nogil=True, schedule='static', num_threads=nt):
+                    _fwd_small(xp, op, NULL, scratch + threadid() * bufsize, g, wd, wh, ww,
+                               False, task)
             return 0
         else:
             _plane_blocks(&g, g.od * g.oh, num_threads)
@@ -865,6 +966,21 @@ cdef int _max_forward(const floating* xp, floating* op, cnp.ndarray x, cnp.ndarr
             else:
                 for task in prange(g.nib, nogil=True, schedule='static', num_threads=nt):
                     _fwd_global(xp, op, ip, g, True, task)
+        elif ((floating is double or g.d * g.h * g.w < 2**31) and _small_planes(&g, True)):
+            ntasks = _small_tasks(&g, sizeof(floating))
+            # per thread: input block, result block, then int64 positions (2 floats each)
+            bufsize = _per_thread(g.cbs * (g.d * g.h * g.w + g.od * g.oh * g.ow
+                                           + g.od * g.oh * g.ow * 8 // sizeof(floating)))
+            _task_threads(ntasks, num_threads, &nt)
+            mbuf = <floating*>_alloc(nt * bufsize * sizeof(floating))
+            if nt == 1:  # no thread team for one thread
+                with nogil:
+                    for task in range(ntasks):
+                        _fwd_small(xp, op, ip, mbuf, g, wd, wh, ww, True, task)
+            else:
+                for task in prange(ntasks, nogil=True, schedule='static', num_threads=nt):
+                    _fwd_small(xp, op, ip, mbuf + threadid() * bufsize, g, wd, wh, ww,
+                               True, task)
         else:
             _plane_blocks(&g, g.od * g.oh, num_threads)
             ntasks = g.n * g.c * g.nib
@@ -1018,6 +1134,42 @@ cdef void _avg_bwd_cl(const floating* go, floating* gi, floating* buf, Geom g,
         _copy_strided(row + (h - run[0]) * g.bh, g.bw, row, g.bw, g.w, nc)
 
 
+cdef void _avg_bwd_small(const floating* go, floating* gi, floating* buf, Geom g,
+                         const Py_ssize_t* cover_d, const Py_ssize_t* hruns, Py_ssize_t nhr,
+                         const Py_ssize_t* wruns, Py_ssize_t nwr, const fp_weight* wt,
+                         Py_ssize_t task) noexcept nogil:
+    """Channels [c0, c0 + m) of sample n of small planar planes (see _small_planes): the
+    gradient block (cells x m) transposed into ``buf``, each run of input elements gathered
+    from it as in _avg_bwd_cl into the input block (plane x m), transposed back."""
+    cdef Py_ssize_t cb = g.cbs, nblk = (g.c + cb - 1) // cb
+    cdef Py_ssize_t n = task // nblk, c0 = (task % nblk) * cb, m = min(cb, g.c - c0)
+    cdef Py_ssize_t hw = g.h * g.w, plane = g.d * hw, ncell = g.od * g.oh * g.ow
+    cdef Py_ssize_t d, hr, r
+    cdef const Py_ssize_t* run
+    cdef floating* gb = buf
+    cdef floating* ib = buf + ncell * cb
+    cdef floating* dst
+    _transpose(gb, m, go + n * g.sn + c0 * g.sc, g.sc, m, ncell)
+    for d in range(g.d):
+        for hr in range(nhr):
+            run = hruns + 4 * hr
+            for r in range(nwr):
+                dst = ib + (d * hw + run[0] * g.w + wruns[4 * r]) * m
+                if floating is float:
+                    fp_avg_bwd_run_float(dst, run[1] - run[0], g.w * m,
+                                         wruns[4 * r + 1] - wruns[4 * r], m, gb,
+                                         g.oh * g.ow * m, g.ow * m, m, cover_d[2 * d],
+                                         cover_d[2 * d + 1], run[2], run[3], wruns[4 * r + 2],
+                                         wruns[4 * r + 3], wt, g.oh * g.ow, g.ow, m)
+                else:
+                    fp_avg_bwd_run_double(dst, run[1] - run[0], g.w * m,
+                                          wruns[4 * r + 1] - wruns[4 * r], m, gb,
+                                          g.oh * g.ow * m, g.ow * m, m, cover_d[2 * d],
+                                          cover_d[2 * d + 1], run[2], run[3], wruns[4 * r + 2],
+                                          wruns[4 * r + 3], wt, g.oh * g.ow, g.ow, m)
+    _transpose(gi + n * g.bn + c0 * g.bc, g.bc, ib, m, plane, m)
+
+
 cdef int _avg_backward(const floating* gop, floating* gip, cnp.ndarray grad_output,
                        cnp.ndarray grad_input, bint channels_last, int num_threads) except -1:
     """Gather: ``grad_input`` (rows contiguous, or channel stride 1) written once, no zero fill."""
@@ -1035,6 +1187,7 @@ cdef int _avg_backward(const floating* gop, floating* gip, cnp.ndarray grad_outp
     cdef Py_ssize_t* wruns = hruns + 4 * g.h
     cdef fp_weight* wt = NULL
     cdef Py_ssize_t od, oh, ow, i
+    cdef bint small
     try:
         _fill_windows(wd, g.d, g.od)
         _fill_windows(wh, g.h, g.oh)
@@ -1042,7 +1195,8 @@ cdef int _avg_backward(const floating* gop, floating* gip, cnp.ndarray grad_outp
         _fill_windows(cover_d, g.od, g.d)
         nhr = _fill_cover_runs(hruns, g.h, g.oh)
         nwr = _fill_cover_runs(wruns, g.w, g.ow)
-        if channels_last and g.sc == 1:
+        small = not channels_last and _small_planes(&g, False)
+        if (channels_last and g.sc == 1) or small:
             wt = <fp_weight*>_alloc(g.od * g.oh * g.ow * sizeof(fp_weight))
             i = 0
             for od in range(g.od):
@@ -1052,6 +1206,21 @@ cdef int _avg_backward(const floating* gop, floating* gip, cnp.ndarray grad_outp
                                        * (ww[2 * ow + 1] - ww[2 * ow]))
                         wt[i].rcp = 1.0 / <double>wt[i].count
                         i = i + 1
+        if small:
+            ntasks = _small_tasks(&g, sizeof(floating))
+            bufsize = _per_thread(g.cbs * (g.d * g.h * g.w + g.od * g.oh * g.ow))
+            _task_threads(ntasks, num_threads, &nt)
+            scratch = <floating*>_alloc(nt * bufsize * sizeof(floating))
+            if nt == 1:  # no thread team for one thread
+                with nogil:
+                    for task in range(ntasks):
+                        _avg_bwd_small(gop, gip, scratch, g, cover_d, hruns, nhr, wruns, nwr,
+                                       wt, task)
+            else:
+                for task in prange(ntasks, nogil=True, schedule='static', num_threads=nt):
+                    _avg_bwd_small(gop, gip, scratch + threadid() * bufsize, g, cover_d, hruns,
+                                   nhr, wruns, nwr, wt, task)
+            return 0
         if channels_last:
             _channel_blocks(&g, g.n * g.d * nhr, num_threads)
             ntasks = g.n * g.d * nhr * g.ncb
