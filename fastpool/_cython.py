@@ -186,21 +186,11 @@ def avg_backward(grad_output: np.ndarray, grad_input: np.ndarray) -> None:
         grad_input[...] = gi
 
 
-#: max_backward takes check=True: it tests the indices itself (see fastpool._host).
-CHECKS_INDICES = True
-
-
-def max_backward(
-    grad_output: np.ndarray, indices: np.ndarray, grad_input: np.ndarray, check: bool = False
-) -> bool:
-    """Returns False when ``check`` is set and an index lies outside the plane (then
-    ``grad_input`` is partly written)."""
+def max_backward(grad_output: np.ndarray, indices: np.ndarray, grad_input: np.ndarray) -> None:
     gi, channels_last = grad_input, _channels_last(grad_input)
     if channels_last is None:
         gi, channels_last = _stand_in(grad_input, False)
     g, i = _aligned(grad_output), _aligned(indices)
-    if not _max_backward(g, i, gi, channels_last, _threads(gi.size + g.size), check):
-        return False
+    _max_backward(g, i, gi, channels_last, _threads(gi.size + g.size))
     if gi is not grad_input:
         grad_input[...] = gi
-    return True

@@ -6,7 +6,7 @@ cimport numpy as cnp
 from cython cimport floating
 from cython.parallel cimport prange, threadid
 from libc.math cimport INFINITY
-from libc.stdint cimport int32_t, int64_t, uint64_t
+from libc.stdint cimport int32_t, int64_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memset
 
@@ -1269,29 +1269,22 @@ cdef inline Py_ssize_t _offset(Geom g, int64_t p, bint dense) noexcept nogil:
 
 
 cdef void _max_bwd_scatter(const floating* go, const int64_t* idx, floating* gi, Geom g,
-                           bint dense, Py_ssize_t plane, int* bad) noexcept nogil:
-    """``grad_input[n, c].flat[indices[o]] += grad_output[o]`` in output order (one plane).
-    With ``bad``, indices outside the plane are skipped and set ``bad[0]``."""
+                           bint dense, Py_ssize_t plane) noexcept nogil:
+    """``grad_input[n, c].flat[indices[o]] += grad_output[o]`` in output order (one plane)."""
     cdef Py_ssize_t c = plane % g.c, n = plane // g.c, od, oh, ow
     cdef const floating* gp = go + n * g.sn + c * g.sc
     cdef const int64_t* ip = idx + n * g.in_ + c * g.ic
     cdef floating* base = gi + n * g.bn + c * g.bc
-    cdef uint64_t size = g.d * g.h * g.w
-    cdef int64_t p
     cdef Py_ssize_t off
     for od in range(g.od):
         for oh in range(g.oh):
             for ow in range(g.ow):
-                p = ip[od * g.id + oh * g.ih + ow * g.iw]
-                if bad != NULL and <uint64_t>p >= size:
-                    bad[0] = 1
-                    continue
-                off = _offset(g, p, dense)
+                off = _offset(g, ip[od * g.id + oh * g.ih + ow * g.iw], dense)
                 base[off] = base[off] + gp[od * g.sd + oh * g.sh + ow * g.sw]
 
 
 cdef void _max_bwd_planar(const floating* go, const int64_t* idx, floating* gi, Geom g,
-                          bint dense, Py_ssize_t plane, int* bad) noexcept nogil:
+                          bint dense, Py_ssize_t plane) noexcept nogil:
     """Zero one plane, then scatter into it while it is still in cache."""
     cdef Py_ssize_t c = plane % g.c, n = plane // g.c, d, h
     cdef floating* base = gi + n * g.bn + c * g.bc
@@ -1301,7 +1294,7 @@ cdef void _max_bwd_planar(const floating* go, const int64_t* idx, floating* gi, 
         for d in range(g.d):
             for h in range(g.h):
                 memset(base + d * g.bd + h * g.bh, 0, g.w * sizeof(floating))
-    _max_bwd_scatter(go, idx, gi, g, dense, plane, bad)
+    _max_bwd_scatter(go, idx, gi, g, dense, plane)
 
 
 cdef enum:
@@ -1309,7 +1302,7 @@ cdef enum:
 
 
 cdef void _max_bwd_group(const floating* go, const int64_t* idx, floating* gi, Geom g,
-                         Py_ssize_t task, int* bad) noexcept nogil:
+                         Py_ssize_t task) noexcept nogil:
     """Planes [8 * task, 8 * task + 8) of small dense planes that follow each other at
     fixed strides (C order): zero them, then add every cell in output order, the eight
     planes' additions interleaved. One plane alone is a chain of dependent read-add-writes
@@ -1328,16 +1321,10 @@ cdef void _max_bwd_group(const floating* go, const int64_t* idx, floating* gi, G
         if m == _GROUP:  # the full group, unrolled by the compiler
             for j in range(_GROUP):
                 p = ip[j * g.ic + o]
-                if bad != NULL and <uint64_t>p >= <uint64_t>size:
-                    bad[0] = 1
-                    continue
                 base[j * size + p] = base[j * size + p] + gp[j * g.sc + o]
         else:
             for j in range(m):
                 p = ip[j * g.ic + o]
-                if bad != NULL and <uint64_t>p >= <uint64_t>size:
-                    bad[0] = 1
-                    continue
                 base[j * size + p] = base[j * size + p] + gp[j * g.sc + o]
 
 
@@ -1388,16 +1375,13 @@ cdef void _max_bwd_cl(const floating* go, const int64_t* idx, floating* gi, Geom
 
 
 cdef void _max_bwd_cl_slab(const floating* go, const int64_t* idx, floating* gi, Geom g,
-                           Py_ssize_t n, int* bad) noexcept nogil:
+                           Py_ssize_t n) noexcept nogil:
     """Channels-last ``grad_input[n]`` when it fits in cache: zero it, then add every cell in
-    output order; no row-range tests (compare _max_bwd_cl). With ``bad``, indices outside
-    the plane are skipped and set ``bad[0]``."""
+    output order; no row-range tests (compare _max_bwd_cl)."""
     cdef Py_ssize_t od, oh, ow, c
     cdef floating* base = gi + n * g.bn
     cdef const floating* gp
     cdef const int64_t* ip
-    cdef uint64_t size = g.d * g.h * g.w
-    cdef int64_t p
     memset(base, 0, g.d * g.h * g.w * g.c * sizeof(floating))
     for od in range(g.od):
         for oh in range(g.oh):
@@ -1405,111 +1389,67 @@ cdef void _max_bwd_cl_slab(const floating* go, const int64_t* idx, floating* gi,
                 gp = go + n * g.sn + od * g.sd + oh * g.sh + ow * g.sw
                 ip = idx + n * g.in_ + od * g.id + oh * g.ih + ow * g.iw
                 for c in range(g.c):
-                    p = ip[c * g.ic]
-                    if bad != NULL and <uint64_t>p >= size:
-                        bad[0] = 1
-                        continue
-                    base[p * g.c + c] = base[p * g.c + c] + gp[c * g.sc]
-
-
-cdef bint _indices_in_plane(const int64_t* idx, Geom g) noexcept nogil:
-    """Does every index lie in [0, D*H*W)? (One pass, for the paths that cannot test as
-    they go.)"""
-    cdef uint64_t size = g.d * g.h * g.w, worst = 0
-    cdef Py_ssize_t n, c, od, oh, ow
-    cdef const int64_t* row
-    for n in range(g.n):
-        for c in range(g.c):
-            for od in range(g.od):
-                for oh in range(g.oh):
-                    row = idx + n * g.in_ + c * g.ic + od * g.id + oh * g.ih
-                    for ow in range(g.ow):
-                        worst = max(worst, <uint64_t>row[ow * g.iw])  # negative: huge
-    return worst < size
+                    base[ip[c * g.ic] * g.c + c] = base[ip[c * g.ic] * g.c + c] + gp[c * g.sc]
 
 
 cdef int _max_backward(const floating* gop, floating* gip, cnp.ndarray grad_output,
                        cnp.ndarray indices, cnp.ndarray grad_input, bint channels_last,
-                       int num_threads, bint check) except -1:
+                       int num_threads) except -1:
     """Zero, then scatter-add in output order, each element by one thread: deterministic
-    without atomics (planar: one plane per task; channels-last: one run of rows per task).
-
-    With ``check``, indices outside the plane are found here rather than by the caller:
-    returns 0 (``grad_input`` then holds partial results) instead of 1. The planar and slab
-    paths test each index as they use it; the row-run path tests them all first."""
+    without atomics (planar: one plane, or eight small ones, per task; channels-last: one
+    sample or one run of rows per task). The indices are checked by the caller."""
     cdef Geom g = _geom(_shape(grad_input), _strides(grad_input), _shape(grad_output),
                         _strides(grad_output), sizeof(floating))
     _set_index_strides(&g, _strides(indices))
     cdef bint dense = ((g.h == 1 or g.bh == g.w * g.bw)
                        and (g.d == 1 or g.bd == g.h * g.w * g.bw))
     cdef Py_ssize_t task, ntasks, nhr
-    cdef int nt, ok = 1, i
+    cdef int nt
     cdef bint group
     cdef const int64_t* ip = <const int64_t*>cnp.PyArray_DATA(indices)
     cdef Py_ssize_t* cover_d
     cdef Py_ssize_t* hruns
-    # per thread: whether it met an index outside the plane (one cache line each)
-    cdef int* bad = NULL
-    cdef Py_ssize_t stride = 32
-    if not channels_last or (dense and g.bw == g.c and g.n >= 4 * num_threads
-                             and g.d * g.h * g.w * g.c * sizeof(floating) <= 65536):
-        ntasks = g.n * g.c if not channels_last else g.n
+    if not channels_last:
+        ntasks = g.n * g.c
         # C-order planes small enough that eight of them stay in L1: eight per task
-        group = (not channels_last and g.d * g.h * g.w * sizeof(floating) * _GROUP <= 16384
+        group = (g.d * g.h * g.w * sizeof(floating) * _GROUP <= 16384
                  and ntasks >= 2 * _GROUP and g.bc == g.d * g.h * g.w and g.bn == g.c * g.bc
                  and g.bw == 1 and (g.h == 1 or g.bh == g.w) and (g.d == 1 or g.bd == g.h * g.w)
                  and g.sc == g.od * g.oh * g.ow and g.sn == g.c * g.sc and g.sw == 1
                  and (g.oh == 1 or g.sh == g.ow) and (g.od == 1 or g.sd == g.oh * g.ow)
                  and g.ic == g.sc and g.in_ == g.c * g.ic and g.iw == 1
                  and (g.oh == 1 or g.ih == g.ow) and (g.od == 1 or g.id == g.oh * g.ow))
-        if not channels_last and group:
+        if group:
             ntasks = (ntasks + _GROUP - 1) // _GROUP
         _task_threads(ntasks, num_threads, &nt)
-        if check:
-            bad = <int*>_alloc(nt * stride * sizeof(int))
-            for i in range(nt):
-                bad[i * stride] = 0
-        try:
-            if not channels_last and group:
-                if nt == 1:  # no thread team for one thread
-                    with nogil:
-                        for task in range(ntasks):
-                            _max_bwd_group(gop, ip, gip, g, task, bad)
-                else:
-                    for task in prange(ntasks, nogil=True, schedule='static', num_threads=nt):
-                        _max_bwd_group(gop, ip, gip, g, task,
-                                       bad + threadid() * stride if bad != NULL else NULL)
-            elif not channels_last:
-                if nt == 1:  # no thread team for one thread
-                    with nogil:
-                        for task in range(ntasks):
-                            _max_bwd_planar(gop, ip, gip, g, dense, task, bad)
-                else:
-                    for task in prange(ntasks, nogil=True, schedule='static', num_threads=nt):
-                        _max_bwd_planar(gop, ip, gip, g, dense, task,
-                                        bad + threadid() * stride if bad != NULL else NULL)
+        if group:
+            if nt == 1:  # no thread team for one thread
+                with nogil:
+                    for task in range(ntasks):
+                        _max_bwd_group(gop, ip, gip, g, task)
             else:
-                # small dense (n) slabs, enough of them: one per task, like the planar planes
-                if nt == 1:  # no thread team for one thread
-                    with nogil:
-                        for task in range(ntasks):
-                            _max_bwd_cl_slab(gop, ip, gip, g, task, bad)
-                else:
-                    for task in prange(ntasks, nogil=True, schedule='static', num_threads=nt):
-                        _max_bwd_cl_slab(gop, ip, gip, g, task,
-                                         bad + threadid() * stride if bad != NULL else NULL)
-            if check:
-                for i in range(nt):
-                    if bad[i * stride]:
-                        ok = 0
-        finally:
-            free(bad)
-        return ok
-    if check:
-        with nogil:
-            ok = _indices_in_plane(ip, g)
-        if not ok:
-            return 0
+                for task in prange(ntasks, nogil=True, schedule='static', num_threads=nt):
+                    _max_bwd_group(gop, ip, gip, g, task)
+        elif nt == 1:  # no thread team for one thread
+            with nogil:
+                for task in range(ntasks):
+                    _max_bwd_planar(gop, ip, gip, g, dense, task)
+        else:
+            for task in prange(ntasks, nogil=True, schedule='static', num_threads=nt):
+                _max_bwd_planar(gop, ip, gip, g, dense, task)
+        return 0
+    if (dense and g.bw == g.c and g.n >= 4 * num_threads
+            and g.d * g.h * g.w * g.c * sizeof(floating) <= 65536):
+        # small dense (n) slabs, enough of them: one per task, like the planar planes
+        _task_threads(g.n, num_threads, &nt)
+        if nt == 1:  # no thread team for one thread
+            with nogil:
+                for task in range(g.n):
+                    _max_bwd_cl_slab(gop, ip, gip, g, task)
+        else:
+            for task in prange(g.n, nogil=True, schedule='static', num_threads=nt):
+                _max_bwd_cl_slab(gop, ip, gip, g, task)
+        return 0
     cover_d = <Py_ssize_t*>_alloc((2 * g.d + 4 * g.h) * sizeof(Py_ssize_t))
     hruns = cover_d + 2 * g.d
     try:
@@ -1526,7 +1466,7 @@ cdef int _max_backward(const floating* gop, floating* gip, cnp.ndarray grad_outp
                 _max_bwd_cl(gop, ip, gip, g, cover_d, hruns, nhr, task)
     finally:
         free(cover_d)
-    return 1
+    return 0
 
 
 # ========================================================================= entry points
@@ -1569,19 +1509,17 @@ def avg_backward(cnp.ndarray grad_output not None, cnp.ndarray grad_input not No
 
 
 def max_backward(cnp.ndarray grad_output not None, cnp.ndarray indices not None,
-                 cnp.ndarray grad_input not None, bint channels_last, int num_threads,
-                 bint check=False):
-    """``grad_input.flat_plane[indices] += grad_output``, each element by one thread.
-
-    ``check=False``: the caller has checked that every index lies in the plane. With
-    ``check=True`` the kernel checks (cheaper than a separate pass) and returns False when
-    one does not, leaving ``grad_input`` partly written; else it returns True."""
+                 cnp.ndarray grad_input not None, bint channels_last, int num_threads):
+    """``grad_input.flat_plane[indices] += grad_output``, each element by one thread. The
+    indices must lie in the plane (the caller checks)."""
     cdef int t = _float_kind(grad_input, grad_output, True)
     _check_array(indices, cnp.NPY_INT64, False)
     if t == cnp.NPY_FLOAT:
-        return bool(_max_backward(<const float*>cnp.PyArray_DATA(grad_output),
-                                  <float*>cnp.PyArray_DATA(grad_input), grad_output, indices,
-                                  grad_input, channels_last, num_threads, check))
-    return bool(_max_backward(<const double*>cnp.PyArray_DATA(grad_output),
-                              <double*>cnp.PyArray_DATA(grad_input), grad_output, indices,
-                              grad_input, channels_last, num_threads, check))
+        _max_backward(<const float*>cnp.PyArray_DATA(grad_output),
+                      <float*>cnp.PyArray_DATA(grad_input), grad_output, indices, grad_input,
+                      channels_last, num_threads)
+    else:
+        _max_backward(<const double*>cnp.PyArray_DATA(grad_output),
+                      <double*>cnp.PyArray_DATA(grad_input), grad_output, indices, grad_input,
+                      channels_last, num_threads)
+

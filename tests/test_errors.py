@@ -170,8 +170,8 @@ def test_max_backward_index_checks(backend, dims):
 @pytest.mark.parametrize("data_format", ["channels_first", "channels_last"])
 @pytest.mark.parametrize("n", [1, 16])
 def test_max_backward_bad_index_without_out(backend, data_format, n):
-    # Without out= a compiled kernel may check the indices as it goes (per plane, per
-    # channels-last sample, or in a first pass for runs of rows): each way must raise.
+    # Without out= as well: the indices are checked before any kernel runs whichever path
+    # the kernel would take (Cython: planes, channels-last samples, runs of rows).
     x = np.random.default_rng(1).standard_normal((n, 6, 6, 6))
     values, indices = fastpool.adaptive_max_pool2d(
         x, 4, True, backend=backend, data_format=data_format
