@@ -88,7 +88,8 @@ def avg_backward(grad_output: np.ndarray, grad_input: np.ndarray) -> None:
 
 
 def max_backward(grad_output: np.ndarray, indices: np.ndarray, grad_input: np.ndarray) -> None:
-    """``grad_input.plane[indices[o]] += grad_output[o]``, summed in output order (deterministic)."""
+    """``grad_input.plane[indices[o]] += grad_output[o]``, summed in output order
+    (deterministic)."""
     n, c, d, h, w = grad_input.shape
     plane = d * h * w
     planes = n * c

@@ -145,7 +145,7 @@ def normalize_output_size(output_size, dims: int, in_spatial: tuple[int, ...]) -
     else:
         entries = (output_size,) * dims
     result = []
-    for entry, size in zip(entries, in_spatial):
+    for entry, size in zip(entries, in_spatial, strict=True):
         if entry is None:
             result.append(int(size))
             continue

@@ -45,7 +45,9 @@ def backend(request):
     return request.param
 
 
-@pytest.fixture(params=COMPILED or [pytest.param(None, marks=pytest.mark.skip("no compiled backend"))])
+@pytest.fixture(
+    params=COMPILED or [pytest.param(None, marks=pytest.mark.skip("no compiled backend"))]
+)
 def compiled_backend(request):
     return request.param
 

@@ -53,7 +53,8 @@ def backward(kind, dims, grad, indices, input_shape, **kw):
 
 def _torch_size(x, dims, output_size):
     """PyTorch's 1d functions take no ``None`` entries: resolve them to the input size."""
-    return tuple(s if o is None else o for o, s in zip(_tuple(output_size, dims), x.shape[-dims:]))
+    pairs = zip(_tuple(output_size, dims), x.shape[-dims:], strict=True)
+    return tuple(s if o is None else o for o, s in pairs)
 
 
 def _fresh(a, dtype):
@@ -104,7 +105,8 @@ def brute_forward(kind, dims, x, output_size):
     xb = x if batched else x[None]
     n, c = xb.shape[:2]
     spatial = xb.shape[2:]
-    osize = tuple(s if o is None else o for o, s in zip(_tuple(output_size, dims), spatial))
+    pairs = zip(_tuple(output_size, dims), spatial, strict=True)
+    osize = tuple(s if o is None else o for o, s in pairs)
     vals = np.empty((n, c) + osize, dtype=np.float64)
     idx = np.empty((n, c) + osize, dtype=np.int64)
     strides = [int(np.prod(spatial[k + 1 :])) for k in range(dims)]
@@ -115,11 +117,11 @@ def brute_forward(kind, dims, x, output_size):
             if kind == "avg":
                 vals[(b, ch) + o] = sum(float(xb[(b, ch) + p]) for p in cells) / len(cells)
                 continue
-            best, best_i = -math.inf, sum(p * s for p, s in zip(cells[0], strides))
+            best, best_i = -math.inf, sum(p * s for p, s in zip(cells[0], strides, strict=True))
             for p in cells:
                 v = float(xb[(b, ch) + p])
                 if v > best or math.isnan(v):
-                    best, best_i = v, sum(q * s for q, s in zip(p, strides))
+                    best, best_i = v, sum(q * s for q, s in zip(p, strides, strict=True))
             vals[(b, ch) + o], idx[(b, ch) + o] = best, best_i
     if not batched:
         vals, idx = vals[0], idx[0]

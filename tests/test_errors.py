@@ -164,7 +164,8 @@ def test_max_backward_index_checks(backend, dims):
         fn(values, None, x.shape, backend=backend)
     # other integer dtypes are fine
     ref = fn(values, indices, x.shape, backend=backend)
-    np.testing.assert_array_equal(fn(values, indices.astype(np.int32), x.shape, backend=backend), ref)
+    as_int32 = fn(values, indices.astype(np.int32), x.shape, backend=backend)
+    np.testing.assert_array_equal(as_int32, ref)
 
 
 @pytest.mark.parametrize("data_format", ["channels_first", "channels_last"])

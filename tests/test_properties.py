@@ -1,7 +1,6 @@
 """Hypothesis: random shapes, output sizes and layouts; every backend against PyTorch."""
 
 import numpy as np
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from oracles import assert_close, assert_identical, backward, forward, torch_backward, torch_forward

@@ -22,7 +22,8 @@ def _run(code, **env):
 def test_import_is_light():
     out = _run(
         "import sys, fastpool; "
-        "print(sorted(m for m in ('numba', 'torch', 'dask', 'cupy', 'llvmlite') if m in sys.modules))"
+        "print(sorted(m for m in ('numba', 'torch', 'dask', 'cupy', 'llvmlite')"
+        " if m in sys.modules))"
     )
     assert out == "[]"
 
@@ -88,7 +89,8 @@ def test_use_backend_is_scoped_to_the_thread():
 
 
 def test_env_var_in_a_fresh_process():
-    assert _run("import fastpool; print(fastpool.get_backend())", FASTPOOL_BACKEND="numpy") == "numpy"
+    got = _run("import fastpool; print(fastpool.get_backend())", FASTPOOL_BACKEND="numpy")
+    assert got == "numpy"
 
 
 def test_info_command_lists_every_backend():
