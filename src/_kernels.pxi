@@ -1310,22 +1310,23 @@ cdef void _max_bwd_group(const floating* go, const int64_t* idx, floating* gi, G
     on the store before it; eight independent chains overlap. The order of the additions
     into each element is unchanged (output order)."""
     cdef Py_ssize_t p0 = task * _GROUP, m = min(<Py_ssize_t>_GROUP, g.n * g.c - p0)
-    cdef Py_ssize_t j, o, ncell = g.od * g.oh * g.ow
+    cdef Py_ssize_t j, o, k, jb, ncell = g.od * g.oh * g.ow
     cdef Py_ssize_t size = g.d * g.h * g.w
     cdef floating* base = gi + p0 * g.bc
     cdef const floating* gp = go + p0 * g.sc
     cdef const int64_t* ip = idx + p0 * g.ic
     cdef int64_t p
     memset(base, 0, m * size * sizeof(floating))
+    # Plane j's cell o is at j * sc + o in both gradients and indices (sc == ic): offsets
+    # kept incrementally, so eight planes need three pointers, not twenty-four registers.
     for o in range(ncell):
-        if m == _GROUP:  # the full group, unrolled by the compiler
-            for j in range(_GROUP):
-                p = ip[j * g.ic + o]
-                base[j * size + p] = base[j * size + p] + gp[j * g.sc + o]
-        else:
-            for j in range(m):
-                p = ip[j * g.ic + o]
-                base[j * size + p] = base[j * size + p] + gp[j * g.sc + o]
+        k = o
+        jb = 0
+        for j in range(m):
+            p = ip[k]
+            base[jb + p] = base[jb + p] + gp[k]
+            k = k + g.sc
+            jb = jb + size
 
 
 cdef void _max_bwd_cl(const floating* go, const int64_t* idx, floating* gi, Geom g,
@@ -1388,8 +1389,13 @@ cdef void _max_bwd_cl_slab(const floating* go, const int64_t* idx, floating* gi,
             for ow in range(g.ow):
                 gp = go + n * g.sn + od * g.sd + oh * g.sh + ow * g.sw
                 ip = idx + n * g.in_ + od * g.id + oh * g.ih + ow * g.iw
-                for c in range(g.c):
-                    base[ip[c * g.ic] * g.c + c] = base[ip[c * g.ic] * g.c + c] + gp[c * g.sc]
+                if g.ic == 1 and g.sc == 1:  # unit strides: fewer registers, no multiplies
+                    for c in range(g.c):
+                        base[ip[c] * g.c + c] = base[ip[c] * g.c + c] + gp[c]
+                else:
+                    for c in range(g.c):
+                        base[ip[c * g.ic] * g.c + c] = (base[ip[c * g.ic] * g.c + c]
+                                                        + gp[c * g.sc])
 
 
 cdef int _max_backward(const floating* gop, floating* gip, cnp.ndarray grad_output,
