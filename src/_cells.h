@@ -16,9 +16,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "_simd.h" /* FP_RESTRICT */
+
 #if defined(__GNUC__) || defined(__clang__)
 #define FP_INLINE static inline __attribute__((always_inline))
-#define FP_RESTRICT_C __restrict__
 /* GCC/Clang vector extensions: 32-byte vectors (one AVX2 register, two SSE2 ones) that may
  * sit at any element-aligned address. Arrays of scalars updated in a loop are not reliably
  * kept in registers (GCC zeroes them with `rep stos` and spills them); named vectors are. */
@@ -29,7 +30,6 @@ typedef int32_t fp_k_float __attribute__((vector_size(32), aligned(4), may_alias
 typedef int64_t fp_k_double __attribute__((vector_size(32), aligned(8), may_alias));
 #else
 #define FP_INLINE static __forceinline
-#define FP_RESTRICT_C __restrict
 #define FP_VEXT 0
 #endif
 
@@ -52,8 +52,8 @@ FP_INLINE int fp_div_mode(int64_t count, int is_float) {
 /* Full blocks: four vectors of sums, scaled in registers when count is a power of two. */
 #if FP_VEXT
 #define FP_AVG_VEC(T)                                                                         \
-    FP_INLINE void fp_avg_vec_##T(T *dst, const T *base, ptrdiff_t kd, ptrdiff_t kh,         \
-                                  ptrdiff_t kw, ptrdiff_t sd, ptrdiff_t sh, ptrdiff_t sw,    \
+    FP_INLINE void fp_avg_vec_##T(T *dst, const T *base, ptrdiff_t kd, ptrdiff_t kh,          \
+                                  ptrdiff_t kw, ptrdiff_t sd, ptrdiff_t sh, ptrdiff_t sw,     \
                                   int mode, T rcp) {                                          \
         fp_v_##T a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};                                      \
         fp_v_##T *o = (fp_v_##T *)dst;                                                        \
@@ -83,9 +83,9 @@ FP_INLINE int fp_div_mode(int64_t count, int is_float) {
 /* Any block of m <= 32 channels, scalar loops (partial blocks; compilers without vector
  * extensions). Same additions in the same order as the vector code. */
 #define FP_AVG_BLOCK(T)                                                                       \
-    FP_INLINE void fp_avg_block_##T(T *FP_RESTRICT_C dst, const T *FP_RESTRICT_C base,       \
-                                    ptrdiff_t kd, ptrdiff_t kh, ptrdiff_t kw, ptrdiff_t sd,  \
-                                    ptrdiff_t sh, ptrdiff_t sw, ptrdiff_t m, int mode,       \
+    FP_INLINE void fp_avg_block_##T(T *FP_RESTRICT dst, const T *FP_RESTRICT base,            \
+                                    ptrdiff_t kd, ptrdiff_t kh, ptrdiff_t kw, ptrdiff_t sd,   \
+                                    ptrdiff_t sh, ptrdiff_t sw, ptrdiff_t m, int mode,        \
                                     T rcp) {                                                  \
         T a[32];                                                                              \
         ptrdiff_t d, h, w, j;                                                                 \
@@ -183,8 +183,8 @@ FP_AVG_BLOCK(double)
 #endif
 
 #define FP_MAX_BLOCK(T, K)                                                                    \
-    FP_INLINE void fp_max_block_##T(T *FP_RESTRICT_C dst, int64_t *FP_RESTRICT_C kdst,       \
-                                    const T *FP_RESTRICT_C base, ptrdiff_t kd, ptrdiff_t kh,  \
+    FP_INLINE void fp_max_block_##T(T *FP_RESTRICT dst, int64_t *FP_RESTRICT kdst,            \
+                                    const T *FP_RESTRICT base, ptrdiff_t kd, ptrdiff_t kh,    \
                                     ptrdiff_t kw, ptrdiff_t sd, ptrdiff_t sh, ptrdiff_t sw,   \
                                     ptrdiff_t m, int64_t pos0, int64_t hw, int64_t wd) {      \
         T a[32];                                                                              \
@@ -329,7 +329,7 @@ FP_AVG_BWD_VEC(double)
 #define FP_AVG_BWD_BLOCK(T)                                                                   \
     FP_INLINE void fp_avg_bwd_block_##T(                                                      \
         T *dst, ptrdiff_t rows, ptrdiff_t rs, ptrdiff_t cols, ptrdiff_t qs,                   \
-        const T *FP_RESTRICT_C g, ptrdiff_t sd, ptrdiff_t sh, ptrdiff_t sw, ptrdiff_t od0,    \
+        const T *FP_RESTRICT g, ptrdiff_t sd, ptrdiff_t sh, ptrdiff_t sw, ptrdiff_t od0,      \
         ptrdiff_t od1, ptrdiff_t oh0, ptrdiff_t oh1, ptrdiff_t ow0, ptrdiff_t ow1,            \
         const fp_weight *wt, ptrdiff_t wsd, ptrdiff_t wsh, ptrdiff_t m) {                     \
         T v[32] = {0}, t[32];                                                                 \
@@ -373,10 +373,10 @@ FP_AVG_BWD_VEC(double)
         ptrdiff_t c0 = 0;                                                                     \
         for (; c0 + B <= nc; c0 += B)                                                         \
             FP_AVG_BWD_FULL(T)(dst + c0, rows, rs, cols, qs, g + c0, sd, sh, sw, od0, od1,    \
-                               oh0, oh1, ow0, ow1, wt, wsd, wsh FP_AVG_BWD_M(B));          \
+                               oh0, oh1, ow0, ow1, wt, wsd, wsh FP_AVG_BWD_M(B));             \
         if (c0 < nc)                                                                          \
             fp_avg_bwd_block_##T(dst + c0, rows, rs, cols, qs, g + c0, sd, sh, sw, od0, od1,  \
-                                 oh0, oh1, ow0, ow1, wt, wsd, wsh, nc - c0);               \
+                                 oh0, oh1, ow0, ow1, wt, wsd, wsh, nc - c0);                  \
     }
 
 FP_AVG_BWD_BLOCK(float)

@@ -355,8 +355,8 @@ cdef enum:
 
 
 cdef bint _small_planes(Geom* g, bint with_idx):
-    """True (and the channel block in g.cbs) when the planes of all arrays are small and
-    dense (elements in C order) and the output is not one cell per plane."""
+    """True when the planes of all arrays are small and dense (elements in C order) and the
+    output is not one cell per plane (_small_tasks then sets the channel block)."""
     cdef Py_ssize_t plane = g.d * g.h * g.w, cells = g.od * g.oh * g.ow
     if plane > _SMALL_PLANE or cells > _SMALL_PLANE or cells == 1 or plane == 1:
         return False
