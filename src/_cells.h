@@ -133,6 +133,63 @@ FP_AVG_VEC(double)
 FP_AVG_BLOCK(float)
 FP_AVG_BLOCK(double)
 
+/* dst[c] = the sum over the window's kd x kh rows of base[d*sd + h*sh + c], c < n, added in
+ * row order from zero: the column sums of a planar window, rows of n contiguous elements.
+ * The sums stay in registers across the rows, eight vectors (256 bytes of a row) at a time:
+ * an accumulator row in memory costs a load and a store per element and row, and narrower
+ * column blocks read each row in pieces that the hardware prefetcher follows less well. */
+#if FP_VEXT
+#define FP_COLSUM_WIDE(T)                                                                     \
+    FP_INLINE void fp_colsum_wide_##T(T *dst, const T *base, ptrdiff_t kd, ptrdiff_t kh,      \
+                                      ptrdiff_t sd, ptrdiff_t sh) {                           \
+        fp_v_##T a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0}, a4 = {0}, a5 = {0}, a6 = {0},        \
+                 a7 = {0};                                                                    \
+        fp_v_##T *o = (fp_v_##T *)dst;                                                        \
+        ptrdiff_t d, h;                                                                       \
+        for (d = 0; d < kd; d++)                                                              \
+            for (h = 0; h < kh; h++) {                                                        \
+                const fp_v_##T *x = (const fp_v_##T *)(base + d * sd + h * sh);               \
+                a0 += x[0];                                                                   \
+                a1 += x[1];                                                                   \
+                a2 += x[2];                                                                   \
+                a3 += x[3];                                                                   \
+                a4 += x[4];                                                                   \
+                a5 += x[5];                                                                   \
+                a6 += x[6];                                                                   \
+                a7 += x[7];                                                                   \
+            }                                                                                 \
+        o[0] = a0;                                                                            \
+        o[1] = a1;                                                                            \
+        o[2] = a2;                                                                            \
+        o[3] = a3;                                                                            \
+        o[4] = a4;                                                                            \
+        o[5] = a5;                                                                            \
+        o[6] = a6;                                                                            \
+        o[7] = a7;                                                                            \
+    }
+FP_COLSUM_WIDE(float)
+FP_COLSUM_WIDE(double)
+#define FP_COLSUM_WIDE_BLOCKS(T)                                                              \
+    for (; c0 + 2 * B <= n; c0 += 2 * B) fp_colsum_wide_##T(dst + c0, base + c0, kd, kh, sd, sh);
+#else
+#define FP_COLSUM_WIDE_BLOCKS(T)
+#endif
+#define FP_COLSUM(T)                                                                          \
+    static inline void fp_colsum_##T(T *dst, const T *base, ptrdiff_t kd, ptrdiff_t kh,       \
+                                     ptrdiff_t sd, ptrdiff_t sh, ptrdiff_t n) {               \
+        const ptrdiff_t B = 32 * sizeof(float) / sizeof(T);                                   \
+        ptrdiff_t c0 = 0;                                                                     \
+        FP_COLSUM_WIDE_BLOCKS(T)                                                              \
+        for (; c0 + B <= n; c0 += B)                                                          \
+            FP_AVG_FULL(T)(dst + c0, base + c0, kd, kh, 1, sd, sh, 0, FP_AVG_M(B)             \
+                           FP_DIV_PLAIN, (T)0);                                               \
+        if (c0 < n)                                                                           \
+            fp_avg_block_##T(dst + c0, base + c0, kd, kh, 1, sd, sh, 0, n - c0,              \
+                             FP_DIV_PLAIN, (T)0);                                             \
+    }
+FP_COLSUM(float)
+FP_COLSUM(double)
+
 /* ------------------------------------------------------- maximum (and position) of a window */
 
 /* SPEC's scan: start from the first element, replace when v > max or v is NaN. Positions are

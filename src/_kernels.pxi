@@ -49,6 +49,10 @@ cdef extern from "_cells.h" nogil:
     void fp_max_cell_double(double* dst, int64_t* kdst, const double* base, Py_ssize_t kd,
                             Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sd, Py_ssize_t sh,
                             Py_ssize_t sw, Py_ssize_t nc, int64_t pos0, int64_t hw, int64_t wd)
+    void fp_colsum_float(float* dst, const float* base, Py_ssize_t kd, Py_ssize_t kh,
+                         Py_ssize_t sd, Py_ssize_t sh, Py_ssize_t n)
+    void fp_colsum_double(double* dst, const double* base, Py_ssize_t kd, Py_ssize_t kh,
+                          Py_ssize_t sd, Py_ssize_t sh, Py_ssize_t n)
     void fp_avg_bwd_run_float(float* dst, Py_ssize_t rows, Py_ssize_t rs, Py_ssize_t cols,
                               Py_ssize_t qs, const float* g, Py_ssize_t sd, Py_ssize_t sh,
                               Py_ssize_t sw, Py_ssize_t od0, Py_ssize_t od1, Py_ssize_t oh0,
@@ -432,6 +436,9 @@ cdef Py_ssize_t _small_tasks(Geom* g, Py_ssize_t itemsize) noexcept nogil:
 
 # ========================================================================= average forward
 
+cdef enum:
+    _COLSUM_MAX_ROW = 256  # bytes
+
 cdef inline void _avg_fwd_row(const floating* xp, floating* op, floating* buf, Geom g,
                               const Py_ssize_t* ww, Py_ssize_t d0, Py_ssize_t d1, Py_ssize_t h0,
                               Py_ssize_t h1) noexcept nogil:
@@ -449,13 +456,19 @@ cdef inline void _avg_fwd_row(const floating* xp, floating* op, floating* buf, G
         return
     if nrows == 1:
         row = xp + d0 * g.bd + h0 * g.bh
-    else:
+    elif g.w * sizeof(floating) > _COLSUM_MAX_ROW:
         _copy(buf, xp + d0 * g.bd + h0 * g.bh, g.w)
         for d in range(d0, d1):
             if d == d0:
                 _add_rows(buf, xp + d * g.bd + (h0 + 1) * g.bh, g.bh, h1 - h0 - 1, g.w)
             else:
                 _add_rows(buf, xp + d * g.bd + h0 * g.bh, g.bh, h1 - h0, g.w)
+        row = buf
+    else:
+        if floating is float:
+            fp_colsum_float(buf, xp + d0 * g.bd + h0 * g.bh, d1 - d0, h1 - h0, g.bd, g.bh, g.w)
+        else:
+            fp_colsum_double(buf, xp + d0 * g.bd + h0 * g.bh, d1 - d0, h1 - h0, g.bd, g.bh, g.w)
         row = buf
     for ow in range(g.ow):
         w0 = ww[2 * ow]
