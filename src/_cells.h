@@ -141,11 +141,21 @@ FP_AVG_BLOCK(double)
 #if FP_VEXT
 #define FP_COLSUM_WIDE(T)                                                                     \
     FP_INLINE void fp_colsum_wide_##T(T *dst, const T *base, ptrdiff_t kd, ptrdiff_t kh,      \
-                                      ptrdiff_t sd, ptrdiff_t sh) {                           \
+                                      ptrdiff_t sd, ptrdiff_t sh, int from_dst) {             \
         fp_v_##T a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0}, a4 = {0}, a5 = {0}, a6 = {0},        \
                  a7 = {0};                                                                    \
         fp_v_##T *o = (fp_v_##T *)dst;                                                        \
         ptrdiff_t d, h;                                                                       \
+        if (from_dst) {                                                                       \
+            a0 = o[0];                                                                        \
+            a1 = o[1];                                                                        \
+            a2 = o[2];                                                                        \
+            a3 = o[3];                                                                        \
+            a4 = o[4];                                                                        \
+            a5 = o[5];                                                                        \
+            a6 = o[6];                                                                        \
+            a7 = o[7];                                                                        \
+        }                                                                                     \
         for (d = 0; d < kd; d++)                                                              \
             for (h = 0; h < kh; h++) {                                                        \
                 const fp_v_##T *x = (const fp_v_##T *)(base + d * sd + h * sh);               \
@@ -170,7 +180,7 @@ FP_AVG_BLOCK(double)
 FP_COLSUM_WIDE(float)
 FP_COLSUM_WIDE(double)
 #define FP_COLSUM_WIDE_BLOCKS(T)                                                              \
-    for (; c0 + 2 * B <= n; c0 += 2 * B) fp_colsum_wide_##T(dst + c0, base + c0, kd, kh, sd, sh);
+    for (; c0 + 2 * B <= n; c0 += 2 * B) fp_colsum_wide_##T(dst + c0, base + c0, kd, kh, sd, sh, 0);
 #else
 #define FP_COLSUM_WIDE_BLOCKS(T)
 #endif
@@ -189,6 +199,34 @@ FP_COLSUM_WIDE(double)
     }
 FP_COLSUM(float)
 FP_COLSUM(double)
+
+/* dst[c] += base[k*sk + c] for k = 0 .. nk-1, in order, c < n: a run of window positions
+ * added to an accumulator row in memory, which is loaded and stored once per `chunk`
+ * positions instead of once per position (the same additions in the same order). */
+#define FP_ADD_RUN(T)                                                                         \
+    static inline void fp_add_run_##T(T *FP_RESTRICT dst, const T *FP_RESTRICT base,          \
+                                      ptrdiff_t nk, ptrdiff_t sk, ptrdiff_t n,                \
+                                      ptrdiff_t chunk) {                                      \
+        ptrdiff_t c0, c, k, k0, kn;                                                           \
+        for (k0 = 0; k0 < nk; k0 += chunk) {                                                  \
+            const T *b = base + k0 * sk;                                                      \
+            kn = nk - k0 < chunk ? nk - k0 : chunk;                                           \
+            c0 = 0;                                                                           \
+            FP_ADD_RUN_WIDE(T)                                                                \
+            for (k = 0; k < kn; k++) /* the rest, position by position (vectorised) */       \
+                for (c = c0; c < n; c++) dst[c] += b[k * sk + c];                             \
+        }                                                                                     \
+    }
+#if FP_VEXT
+#define FP_ADD_RUN_WIDE(T)                                                                    \
+    for (; c0 + (ptrdiff_t)(64 * sizeof(float) / sizeof(T)) <= n;                            \
+         c0 += (ptrdiff_t)(64 * sizeof(float) / sizeof(T)))                                    \
+        fp_colsum_wide_##T(dst + c0, b + c0, 1, kn, 0, sk, 1);
+#else
+#define FP_ADD_RUN_WIDE(T)
+#endif
+FP_ADD_RUN(float)
+FP_ADD_RUN(double)
 
 /* ------------------------------------------------------- maximum (and position) of a window */
 

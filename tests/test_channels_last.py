@@ -19,6 +19,7 @@ from oracles import (
     torch_forward,
 )
 
+import fastpool
 from fastpool import _validate
 
 KINDS = ("avg", "max")
@@ -76,6 +77,22 @@ def test_forward_is_channels_first_transposed(backend, rng, dims, shape, osize, 
     if kind == "max":
         assert_identical(indices_last, to_last(indices, dims))
     assert_identical(x_last, before)  # input not modified
+
+
+@pytest.mark.parametrize("dtype", (np.float32, np.float64))
+@pytest.mark.parametrize(
+    ("shape", "osize"),
+    [((1, 24, 24, 48), 1), ((1, 8, 8, 1100), 1), ((2, 16, 16, 300), (3, 2))],
+    ids=("192B-per-position", "4400B", "1200B"),
+)
+def test_average_of_windows_too_large_for_registers(backend, rng, shape, osize, dtype):
+    """Windows holding more than L1 of channels are summed through an accumulator in
+    memory, a run of positions at a time; the run length and the vector blocks depend on
+    the bytes per position (each branch is taken by one of these, float32 or float64)."""
+    x = rng.standard_normal(shape).astype(dtype)
+    actual = fastpool.adaptive_avg_pool2d(x, osize, backend=backend, **CL)
+    expected = fastpool.adaptive_avg_pool2d(np.moveaxis(x, -1, 1), osize, backend="numpy")
+    assert_close(actual, np.moveaxis(expected, 1, -1))
 
 
 @pytest.mark.parametrize("kind", KINDS)
