@@ -415,17 +415,34 @@ def _max_fwd_planar_part(t, nt, x, out, indices, itype, D, H, W):
 
 # ------------------------------------------------------------ forward, channels-last layout
 # One work item per output cell and block of ``cb`` channels: blocks outermost, so that a
-# thread's items share a block and the counters stay four deep.
+# thread's items share a block and the counters stay four deep. Every loop over channels is
+# a pass through memory, and small windows (upsampling) have few elements to amortise a
+# pass over: the first window row starts the sums (no zero-fill pass) and the last one goes
+# straight to the output (no store pass). ``oflat`` is the output as a flat C-contiguous
+# channels-last array when it is one (else empty: results go through a buffer, stored
+# through ``out``'s strides).
 
 
-@_kernel("in", "any", "int", "int", "int", "int")
-def _avg_fwd_cl(nt, x, out, D, H, W, cb):
+@njit(inline="always")
+def _pair(x, i, C, j):
+    """Channel ``j`` of a window row of two positions at ``x[i]``, summed in x's precision."""
+    return x[np.uint64(i + j)] + x[np.uint64(i + C + j)]
+
+
+@njit(inline="always")
+def _cl_dst(oflat, buf, at, m):
+    """Where a cell's ``m`` channels go: the output itself, or a buffer to store from."""
+    return oflat[at : at + m] if len(oflat) else buf[:m]
+
+
+@_kernel("in", "any", "out", "int", "int", "int", "int")
+def _avg_fwd_cl(nt, x, out, oflat, D, H, W, cb):
     for t in prange(nt):
-        _avg_fwd_cl_part(np.int64(t), nt, x, out, D, H, W, cb)
+        _avg_fwd_cl_part(np.int64(t), nt, x, out, oflat, D, H, W, cb)
 
 
 @njit(error_model="numpy")
-def _avg_fwd_cl_part(t, nt, x, out, D, H, W, cb):
+def _avg_fwd_cl_part(t, nt, x, out, oflat, D, H, W, cb):
     """``x``: (N*D*H*W*C,), channels innermost. A window row is first summed in the input's
     precision (half the vector work of float64), then added to the float64 sums."""
     N, C, Do, Ho, Wo = out.shape
@@ -436,34 +453,83 @@ def _avg_fwd_cl_part(t, nt, x, out, D, H, W, cb):
     ws, we = _bounds(W, Wo)
     acc = np.empty(cb, np.float64)
     part = np.empty(cb, x.dtype)
+    buf = np.empty(cb, out.dtype)
     first, last = _chunk(t, blocks * cells, nt)
     b = first // cells
-    n, od, oh, ow = _unravel(first - b * cells, Do, Ho, Wo)
+    k = first - b * cells
+    n, od, oh, ow = _unravel(k, Do, Ho, Wo)
     for _ in range(first, last):
         c0 = b * cb
         m = min(cb, C - c0)
         w0, w1 = ws[ow], we[ow]
-        for j in range(m):
-            acc[j] = 0.0
+        nw = w1 - w0
+        rows = (de[od] - ds[od]) * (he[oh] - hs[oh])
+        scale = 1.0 / (rows * nw)
+        dst = _cl_dst(oflat, buf, k * C + c0, m)
+        r = 0
         for d in range(ds[od], de[od]):
             for h in range(hs[oh], he[oh]):
-                # Unsigned indices: no wraparound check, and no slice to build per position.
+                # Unsigned indices: no wraparound check, and no slice to build per row.
                 i = (((n * D + d) * H + h) * W + w0) * C + c0
-                for j in range(m):
-                    part[j] = x[np.uint64(i + j)]
-                for _w in range(w0 + 1, w1):
-                    i += C
+                if nw > 2:
                     for j in range(m):
-                        part[j] += x[np.uint64(i + j)]
-                for j in range(m):
-                    acc[j] += part[j]
-        scale = 1.0 / ((de[od] - ds[od]) * (he[oh] - hs[oh]) * (w1 - w0))
-        dst = out[n, c0 : c0 + m, od, oh, ow]
-        for j in range(m):
-            dst[j] = acc[j] * scale
+                        part[j] = _pair(x, i, C, j)
+                    for w in range(2, nw):
+                        for j in range(m):
+                            part[j] += x[np.uint64(i + w * C + j)]
+                r += 1
+                # the row's sum is x[i + j] (+ x[i + C + j]) or part[j], in x's precision
+                if r == 1 and r == rows:
+                    if nw == 1:
+                        for j in range(m):
+                            dst[j] = (0.0 + x[np.uint64(i + j)]) * scale
+                    elif nw == 2:
+                        for j in range(m):
+                            dst[j] = (0.0 + _pair(x, i, C, j)) * scale
+                    else:
+                        for j in range(m):
+                            dst[j] = (0.0 + part[j]) * scale
+                elif r == 1:
+                    if nw == 1:
+                        for j in range(m):
+                            acc[j] = 0.0 + x[np.uint64(i + j)]
+                    elif nw == 2:
+                        for j in range(m):
+                            acc[j] = 0.0 + _pair(x, i, C, j)
+                    else:
+                        for j in range(m):
+                            acc[j] = 0.0 + part[j]
+                elif r < rows:
+                    if nw == 1:
+                        for j in range(m):
+                            acc[j] += x[np.uint64(i + j)]
+                    elif nw == 2:
+                        for j in range(m):
+                            acc[j] += _pair(x, i, C, j)
+                    else:
+                        for j in range(m):
+                            acc[j] += part[j]
+                else:
+                    if nw == 1:
+                        for j in range(m):
+                            dst[j] = (acc[j] + x[np.uint64(i + j)]) * scale
+                    elif nw == 2:
+                        for j in range(m):
+                            dst[j] = (acc[j] + _pair(x, i, C, j)) * scale
+                    else:
+                        for j in range(m):
+                            dst[j] = (acc[j] + part[j]) * scale
+        if not len(oflat):
+            o = out[n, c0 : c0 + m, od, oh, ow]
+            for j in range(m):
+                o[j] = buf[j]
+        k += 1
         n, od, oh, ow = _next(n, od, oh, ow, Do, Ho, Wo)
         if n == N:
-            n, b = 0, b + 1
+            n, b, k = 0, b + 1, 0
+
+
+# One work item per output cell and block of channels, as above.
 
 
 @_kernel("in", "any", "any", "in", "int", "int", "int", "int")
@@ -1036,7 +1102,7 @@ def _planar(a):
 
 def _channels_last(a):
     """``a`` (N, C, D, H, W) as a C-contiguous (N*D*H*W, C) view, or None."""
-    t = np.moveaxis(a, 1, -1)
+    t = a.transpose(0, 2, 3, 4, 1)  # np.moveaxis, without its microseconds of argument checks
     if t.flags.c_contiguous and t.flags.aligned:
         n, d, h, w, c = t.shape
         return t.reshape(n * d * h * w, c)
@@ -1052,7 +1118,7 @@ def _planar_copy(a):
 
 def _channels_last_copy(a):
     n, c, d, h, w = a.shape
-    return np.array(np.moveaxis(a, 1, -1), order="C").reshape(n * d * h * w, c)
+    return np.array(a.transpose(0, 2, 3, 4, 1), order="C").reshape(n * d * h * w, c)
 
 
 #: Fewer channels than this run the planar kernels, through a copy if need be: the
@@ -1086,6 +1152,10 @@ def _as_layout(a, channels_last):
         return view if view is not None else _channels_last_copy(a)
     view = _planar(a)
     return view if view is not None else _planar_copy(a)
+
+
+#: An empty output: "not contiguous channels-last, store through the 5-D array's strides".
+_EMPTY = {dt: np.empty(0, dt) for dt in NATIVE_DTYPES}
 
 
 def _writable(out):
@@ -1171,7 +1241,9 @@ def avg_forward(x, out):
     work = x.size + out.size
     if channels_last:
         cb = _channel_block(x, out)
-        _avg_fwd_cl(work, xv.reshape(-1), target, d, h, w, cb)
+        oflat = _channels_last(target)
+        oflat = _EMPTY[x.dtype] if oflat is None else oflat.reshape(-1)
+        _avg_fwd_cl(work, xv.reshape(-1), target, oflat, d, h, w, cb)
     else:
         _avg_fwd_planar(work, xv, target, d, h, w)
     if target is not out:
@@ -1240,7 +1312,7 @@ def _backward(kind, inputs, grad_input):
         _max_bwd_planar(work, *args, target, do, ho, wo, d, h, w, rows)
     if view is None:
         if channels_last:
-            grad_input[...] = np.moveaxis(target.reshape(n, d, h, w, c), -1, 1)
+            grad_input[...] = target.reshape(n, d, h, w, c).transpose(0, 4, 1, 2, 3)
         else:
             grad_input[...] = target.reshape(n, c, d, h, w)
 
