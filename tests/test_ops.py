@@ -131,6 +131,29 @@ def test_nan_tie_and_neg_inf_rules(backend, dims):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("length", (9, 64, 65, 200, 1000))
+def test_scan_rules_on_long_windows(backend, length, dtype):
+    """The scan rules where a window is long enough for a kernel to search it in blocks:
+    the first of tied maxima (also a -0.0/0.0 tie, and a maximum past the first block), the
+    last NaN, all -inf. Global pooling and windows of a 1d row, against the brute force."""
+    n = np.arange(length)
+    rows = {
+        "ties": np.where(n % 7 == 3, 2.0, 1.0),
+        "signed_zero": np.where(n % 2 == 0, -0.0, 0.0) - (n < length // 2),
+        "late_max": np.where(n == length - 1, 5.0, np.where(n % 5 == 1, 4.0, 0.0)),
+        "late_first": np.where(n >= length - 3, 9.0, 1.0),
+        "nan": np.where(n % 11 == 4, np.nan, n % 3),
+        "all_neg_inf": np.full(length, -np.inf),
+    }
+    x = np.stack(list(rows.values()))[np.newaxis].astype(dtype)  # (1, C, L)
+    for osize in (1, 3):
+        values, indices = forward("max", 1, x, osize, backend=backend)
+        ref_values, ref_indices = brute_forward("max", 1, x, osize)
+        assert_identical(indices, ref_indices)
+        assert values.tobytes() == ref_values.astype(dtype).tobytes()  # -0.0 is not 0.0
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("dims", (1, 2, 3))
 def test_empty_batch_and_zero_output(backend, dims, kind, dtype):
