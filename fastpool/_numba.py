@@ -133,10 +133,11 @@ class _Kernel:
     def __init__(self, py_func, kinds):
         self.py_func = py_func
         self.kinds = kinds
+        self.arrays = [i for i, k in enumerate(kinds) if k != "int"]
         self.compiled = {}
 
     def _compiled(self, args, serial):
-        key = (serial, *(a.dtype for a in args if isinstance(a, np.ndarray)))
+        key = (serial, *[args[i].dtype for i in self.arrays])
         kernel = self.compiled.get(key)
         if kernel is None:
             with _compile_lock:
@@ -1217,7 +1218,9 @@ def _channel_block(x, out):
     too few items to share among threads."""
     n, c = x.shape[:2]
     cells = n * out.shape[2] * out.shape[3] * out.shape[4]
-    threads = get_num_threads()
+    # the most threads a call may get (asking numba for its current count costs 1.5 us;
+    # the block only shapes the work, never the results)
+    threads = _num_threads or numba.config.NUMBA_NUM_THREADS
     if cells >= 4 * threads or c <= 64:
         return c
     blocks = min(-(-4 * threads // cells), -(-c // 64))

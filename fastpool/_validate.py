@@ -7,6 +7,7 @@ Public functions call :func:`forward_plan` / :func:`backward_plan` before any ke
 
 from __future__ import annotations
 
+import functools
 import operator
 from dataclasses import dataclass
 
@@ -17,7 +18,7 @@ DATA_FORMATS = ("channels_first", "channels_last")
 _SPATIAL_NAMES = {1: ("L",), 2: ("H", "W"), 3: ("D", "H", "W")}
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class Plan:
     """Normalised description of one call.
 
@@ -206,8 +207,22 @@ def _user_shape(n, c, spatial, batched, channels_last):
 # ---------------------------------------------------------------------------- plans
 
 
+def _plain_ints(t) -> bool:
+    """An int, or a tuple of ints (not bools, not numpy integers): safe as a cache key."""
+    return type(t) is int or (type(t) is tuple and all(type(e) is int for e in t))
+
+
 def forward_plan(x_shape, x_dtype, output_size, dims: int, channels_last: bool) -> Plan:
-    """Validate a forward call's input and output size; return its plan."""
+    """Validate a forward call's input and output size; return its plan.
+
+    Plans of plain int arguments are cached: building one costs a few microseconds, as much
+    as pooling a small input. A bad call raises every time (exceptions are not cached)."""
+    if _plain_ints(output_size) and type(x_shape) is tuple:
+        return _cached_forward_plan(x_shape, x_dtype, output_size, dims, channels_last)
+    return _forward_plan(x_shape, x_dtype, output_size, dims, channels_last)
+
+
+def _forward_plan(x_shape, x_dtype, output_size, dims: int, channels_last: bool) -> Plan:
     dtype = check_dtype(x_dtype, "x")
     batched, n, c, spatial = _split_shape(tuple(x_shape), dims, channels_last, "x")
     _check_nonempty(tuple(x_shape), c, spatial, "x", dims, batched, channels_last)
@@ -245,7 +260,14 @@ def normalize_input_shape(input_shape, dims: int) -> tuple[int, ...]:
 
 
 def backward_plan(grad_shape, grad_dtype, input_shape, dims: int, channels_last: bool) -> Plan:
-    """Validate a backward call's ``grad_output`` against ``input_shape``; return its plan."""
+    """Validate a backward call's ``grad_output`` against ``input_shape``; return its plan
+    (cached as :func:`forward_plan`'s)."""
+    if _plain_ints(input_shape) and type(input_shape) is tuple and type(grad_shape) is tuple:
+        return _cached_backward_plan(grad_shape, grad_dtype, input_shape, dims, channels_last)
+    return _backward_plan(grad_shape, grad_dtype, input_shape, dims, channels_last)
+
+
+def _backward_plan(grad_shape, grad_dtype, input_shape, dims: int, channels_last: bool) -> Plan:
     dtype = check_dtype(grad_dtype, "grad_output")
     input_shape = normalize_input_shape(input_shape, dims)
     grad_shape = tuple(grad_shape)
@@ -324,3 +346,7 @@ def check_no_overlap(outputs, inputs) -> None:
         for other, b in list(inputs) + outs[i + 1 :]:
             if isinstance(b, np.ndarray) and np.may_share_memory(a, b):
                 raise ValueError(f"{name} must not share memory with {other}")
+
+
+_cached_forward_plan = functools.lru_cache(maxsize=256)(_forward_plan)
+_cached_backward_plan = functools.lru_cache(maxsize=256)(_backward_plan)
