@@ -810,7 +810,7 @@ def _avg_bwd_cl_part(t, nt, go, gi, N, Do, Ho, Wo, D, H, W):
     for _ in range(first, last):
         if (n, cds[d], cde[d], chs[h], che[h]) != key:
             key = (n, cds[d], cde[d], chs[h], che[h])
-            acc[:, :] = 0.0
+            start = True  # the first covering row of cells starts the sums (no zero-fill)
             for od in range(cds[d], cde[d]):
                 for oh in range(chs[h], che[h]):
                     size = (de[od] - ds[od]) * (he[oh] - hs[oh])
@@ -818,19 +818,38 @@ def _avg_bwd_cl_part(t, nt, go, gi, N, Do, Ho, Wo, D, H, W):
                     for ow in range(Wo):
                         g, a = go[base + ow], acc[ow]
                         weight = 1.0 / (size * (we[ow] - ws[ow]))
-                        for c in range(C):
-                            a[c] += g[c] * weight
+                        if start:
+                            for c in range(C):
+                                a[c] = 0.0 + g[c] * weight
+                        else:
+                            for c in range(C):
+                                a[c] += g[c] * weight
+                    start = False
         base = ((n * D + d) * H + h) * W
         for r in range(len(cfirst)):
-            col[:] = 0.0
-            for ow in range(cfirst[r], cend[r]):
-                a = acc[ow]
+            # the run's first element gets the sum, the others a copy of it
+            o0, o1 = cfirst[r], cend[r]
+            dst, a = gi[base + starts[r]], acc[o0]
+            if o1 - o0 == 1:
                 for c in range(C):
-                    col[c] += a[c]
-            for w in range(starts[r], starts[r + 1]):
-                dst = gi[base + w]
+                    dst[c] = 0.0 + a[c]
+            elif o1 - o0 == 2:
+                b = acc[o0 + 1]
+                for c in range(C):
+                    dst[c] = (0.0 + a[c]) + b[c]
+            else:
+                for c in range(C):
+                    col[c] = 0.0 + a[c]
+                for ow in range(o0 + 1, o1):
+                    a = acc[ow]
+                    for c in range(C):
+                        col[c] += a[c]
                 for c in range(C):
                     dst[c] = col[c]
+            for w in range(starts[r] + 1, starts[r + 1]):
+                other = gi[base + w]
+                for c in range(C):
+                    other[c] = dst[c]
         _, n, d, h = _next(0, n, d, h, N, D, H)
 
 
