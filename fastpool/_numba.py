@@ -875,17 +875,27 @@ def _max_bwd_cl_part(t, nt, go, indices, gi, N, Do, Ho, Wo, D, H, W):
         base = ((n * D + d) * H + h) * W
         for w in range(W):
             flat = (d * H + h) * W + w
-            col[:] = 0.0
+            dst = gi[base + w]
+            # the first covering cell starts the sums, the last one adds into the output
+            k, cells = 0, (cde[d] - cds[d]) * (che[h] - chs[h]) * (cwe[w] - cws[w])
             for od in range(cds[d], cde[d]):
                 for oh in range(chs[h], che[h]):
                     for ow in range(cws[w], cwe[w]):
                         cell = ((n * Do + od) * Ho + oh) * Wo + ow
                         g, ix = go[cell], indices[cell]
-                        for c in range(C):
-                            col[c] += g[c] if ix[c] == flat else 0.0
-            dst = gi[base + w]
-            for c in range(C):
-                dst[c] = col[c]
+                        k += 1
+                        if k == 1 and k == cells:
+                            for c in range(C):
+                                dst[c] = 0.0 + (g[c] if ix[c] == flat else 0.0)
+                        elif k == 1:
+                            for c in range(C):
+                                col[c] = 0.0 + (g[c] if ix[c] == flat else 0.0)
+                        elif k < cells:
+                            for c in range(C):
+                                col[c] += g[c] if ix[c] == flat else 0.0
+                        else:
+                            for c in range(C):
+                                dst[c] = col[c] + (g[c] if ix[c] == flat else 0.0)
         _, n, d, h = _next(0, n, d, h, N, D, H)
 
 
