@@ -6,7 +6,8 @@ The code is in src/_kernels.pxi, built twice: here for the target's baseline (SS
 and as ``fastpool._cy_avx2`` with AVX2, which ``fastpool/_cython.py`` picks when the CPU has
 it (NumPy dispatches the same way; Numba compiles for the host CPU anyway). src/_simd.h holds
 the few loops written with intrinsics, because the compiler either cannot vectorise them
-without -ffast-math (a max reduction that must keep NaN) or turns selects into branches.
+without -ffast-math (a max reduction that must keep NaN), turns selects into branches, or
+keeps a sum's sixteen partial sums in memory.
 
 Every kernel works on 5-D arrays ``(N, C, D, H, W)`` (1d/2d arrive with size-1 spatial axes)
 in one of two layouts, both read and written in place (fastpool/_cython.py picks the layout,

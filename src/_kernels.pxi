@@ -14,6 +14,8 @@ from libc.string cimport memset
 cdef extern from "_simd.h" nogil:
     const char* FP_SIMD_NAME
     int fp_cpu_has_avx2()
+    float fp_sum_float(const float* p, Py_ssize_t n)
+    double fp_sum_double(const double* p, Py_ssize_t n)
     void fp_add_float(float* dst, const float* src, Py_ssize_t n)
     void fp_add_double(double* dst, const double* src, Py_ssize_t n)
     void fp_transpose_float(float* dst, Py_ssize_t dstride, const float* src, Py_ssize_t sstride,
@@ -196,36 +198,13 @@ cdef int _check_array(cnp.ndarray a, int typenum, bint written) except -1:
 # ------------------------------------------------------------------------- small helpers
 
 cdef inline floating _sum(const floating* p, Py_ssize_t n) noexcept nogil:
-    # Sixteen independent partial sums (two AVX2 or four SSE2 registers once the compiler
-    # packs them): without -ffast-math it keeps a float sum in order, and one accumulator is
-    # bound by the add latency, not by memory. Deterministic: the order depends on n only.
-    cdef floating a[16]
-    cdef Py_ssize_t i = 0, j
-    if n <= 8:  # short windows (small or upsampled inputs): the plain chain is shortest
-        a[0] = p[0]
-        for i in range(1, n):
-            a[0] = a[0] + p[i]
-        return a[0]
-    for j in range(16):
-        a[j] = 0
-    while i + 16 <= n:
-        for j in range(16):
-            a[j] = a[j] + p[i + j]
-        i = i + 16
-    while i + 4 <= n:
-        for j in range(4):
-            a[j] = a[j] + p[i + j]
-        i = i + 4
-    j = 0
-    while i < n:
-        a[j] = a[j] + p[i]
-        i = i + 1
-        j = j + 1
-    for j in range(8):
-        a[j] = a[j] + a[j + 8]
-    for j in range(4):
-        a[j] = a[j] + a[j + 4]
-    return (a[0] + a[1]) + (a[2] + a[3])
+    # Sixteen partial sums in vector registers (fp_sum_* in _simd.h): without -ffast-math
+    # the compiler keeps a float sum in order, and one accumulator is bound by the add
+    # latency, not by memory. Deterministic: the order depends on n only.
+    if floating is float:
+        return fp_sum_float(p, n)
+    else:
+        return fp_sum_double(p, n)
 
 
 cdef inline void _copy(floating* dst, const floating* src, Py_ssize_t n) noexcept nogil:
@@ -1562,4 +1541,3 @@ def max_backward(cnp.ndarray grad_output not None, cnp.ndarray indices not None,
         _max_backward(<const double*>cnp.PyArray_DATA(grad_output),
                       <double*>cnp.PyArray_DATA(grad_input), grad_output, indices, grad_input,
                       channels_last, num_threads)
-

@@ -1,4 +1,5 @@
-/* Vector helpers for src/_kernels.pxi: the planar window argmax, and CPU feature detection.
+/* Vector helpers for src/_kernels.pxi: window sums, row adds and transposes, the
+ * channels-last max-backward scatter, the planar window argmax, and CPU feature detection.
  *
  * Window argmax (SPEC "Max pooling"). A window is kd*kh runs of kw contiguous elements; run
  * r = dd*kh + hh starts at p + dd*sd + hh*sh, and the scan order is run by run, then along
@@ -45,6 +46,154 @@ static inline int fp_cpu_has_avx2(void) {
     return 0;
 #endif
 }
+
+/* Sum of n contiguous values (the average kernels' window and plane sums). Sixteen lanes
+ * a[0..15], all starting at +0.0: element i of each whole block of 16 goes to lane i % 16,
+ * then each block of 4 to lanes 0-3, then the last 0-3 elements to lanes 0, 1, 2; the lanes
+ * are folded as a[j] + a[j + 8], a[j] + a[j + 4], (a[0] + a[1]) + (a[2] + a[3]). Runs of at
+ * most 8 are one plain chain. The order depends on n only (deterministic), and the vector
+ * builds give the bits of the scalar reference: where they add +0.0 to an unused lane, the
+ * lane is unchanged (a sum that starts at +0.0 is never -0.0). Kept in registers: a C loop
+ * over a stack array keeps the lanes in memory, a store and a load per addition. */
+#define FP_SUM_SHORT(T)                                                                      \
+    T s = p[0];                                                                              \
+    ptrdiff_t i;                                                                             \
+    for (i = 1; i < n; i++) s = s + p[i];                                                    \
+    return s;
+
+#define FP_SUM_SCALAR(T)                                                                     \
+    static inline T fp_sum_scalar_##T(const T *p, ptrdiff_t n) {                            \
+        T a[16];                                                                             \
+        ptrdiff_t i = 0, j;                                                                  \
+        if (n <= 8) {                                                                        \
+            FP_SUM_SHORT(T)                                                                  \
+        }                                                                                    \
+        for (j = 0; j < 16; j++) a[j] = 0;                                                   \
+        for (; i + 16 <= n; i += 16)                                                         \
+            for (j = 0; j < 16; j++) a[j] = a[j] + p[i + j];                                 \
+        for (; i + 4 <= n; i += 4)                                                           \
+            for (j = 0; j < 4; j++) a[j] = a[j] + p[i + j];                                  \
+        for (j = 0; i < n; i++, j++) a[j] = a[j] + p[i];                                     \
+        for (j = 0; j < 8; j++) a[j] = a[j] + a[j + 8];                                      \
+        for (j = 0; j < 4; j++) a[j] = a[j] + a[j + 4];                                      \
+        return (a[0] + a[1]) + (a[2] + a[3]);                                                \
+    }
+FP_SUM_SCALAR(float)
+FP_SUM_SCALAR(double)
+
+#if defined(__AVX2__)
+
+static inline float fp_sum_float(const float *p, ptrdiff_t n) {
+    ptrdiff_t i = 0, r;
+    __m256 a0, a1, s8;
+    __m128 lo, s4, s2;
+    if (n <= 8) {
+        FP_SUM_SHORT(float)
+    }
+    a0 = _mm256_setzero_ps(); /* lanes 0-7 */
+    a1 = _mm256_setzero_ps(); /* lanes 8-15 */
+    for (; i + 16 <= n; i += 16) {
+        a0 = _mm256_add_ps(a0, _mm256_loadu_ps(p + i));
+        a1 = _mm256_add_ps(a1, _mm256_loadu_ps(p + i + 8));
+    }
+    lo = _mm256_castps256_ps128(a0);
+    for (; i + 4 <= n; i += 4) lo = _mm_add_ps(lo, _mm_loadu_ps(p + i));
+    r = n - i;
+    if (r > 0)
+        lo = _mm_add_ps(lo, _mm_setr_ps(p[i], r > 1 ? p[i + 1] : 0.0f, r > 2 ? p[i + 2] : 0.0f,
+                                        0.0f));
+    a0 = _mm256_insertf128_ps(a0, lo, 0);
+    s8 = _mm256_add_ps(a0, a1);
+    s4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps(s8, 1));
+    s2 = _mm_add_ps(s4, _mm_shuffle_ps(s4, s4, _MM_SHUFFLE(3, 3, 3, 1))); /* a0+a1, -, a2+a3 */
+    return _mm_cvtss_f32(_mm_add_ss(s2, _mm_movehl_ps(s2, s2)));
+}
+
+static inline double fp_sum_double(const double *p, ptrdiff_t n) {
+    ptrdiff_t i = 0, r;
+    __m256d a0, a1, a2, a3, c;
+    __m128d lo, hi;
+    if (n <= 8) {
+        FP_SUM_SHORT(double)
+    }
+    a0 = a1 = a2 = a3 = _mm256_setzero_pd(); /* lanes 0-3, 4-7, 8-11, 12-15 */
+    for (; i + 16 <= n; i += 16) {
+        a0 = _mm256_add_pd(a0, _mm256_loadu_pd(p + i));
+        a1 = _mm256_add_pd(a1, _mm256_loadu_pd(p + i + 4));
+        a2 = _mm256_add_pd(a2, _mm256_loadu_pd(p + i + 8));
+        a3 = _mm256_add_pd(a3, _mm256_loadu_pd(p + i + 12));
+    }
+    for (; i + 4 <= n; i += 4) a0 = _mm256_add_pd(a0, _mm256_loadu_pd(p + i));
+    r = n - i;
+    if (r > 0)
+        a0 = _mm256_add_pd(a0, _mm256_setr_pd(p[i], r > 1 ? p[i + 1] : 0.0,
+                                              r > 2 ? p[i + 2] : 0.0, 0.0));
+    c = _mm256_add_pd(_mm256_add_pd(a0, a2), _mm256_add_pd(a1, a3));
+    lo = _mm256_castpd256_pd128(c);
+    hi = _mm256_extractf128_pd(c, 1);
+    lo = _mm_add_sd(lo, _mm_unpackhi_pd(lo, lo));
+    hi = _mm_add_sd(hi, _mm_unpackhi_pd(hi, hi));
+    return _mm_cvtsd_f64(_mm_add_sd(lo, hi));
+}
+
+#elif FP_VECTOR
+
+static inline float fp_sum_float(const float *p, ptrdiff_t n) {
+    ptrdiff_t i = 0, r;
+    __m128 a0, a1, a2, a3, c, t;
+    if (n <= 8) {
+        FP_SUM_SHORT(float)
+    }
+    a0 = a1 = a2 = a3 = _mm_setzero_ps(); /* lanes 0-3, 4-7, 8-11, 12-15 */
+    for (; i + 16 <= n; i += 16) {
+        a0 = _mm_add_ps(a0, _mm_loadu_ps(p + i));
+        a1 = _mm_add_ps(a1, _mm_loadu_ps(p + i + 4));
+        a2 = _mm_add_ps(a2, _mm_loadu_ps(p + i + 8));
+        a3 = _mm_add_ps(a3, _mm_loadu_ps(p + i + 12));
+    }
+    for (; i + 4 <= n; i += 4) a0 = _mm_add_ps(a0, _mm_loadu_ps(p + i));
+    r = n - i;
+    if (r > 0)
+        a0 = _mm_add_ps(a0, _mm_setr_ps(p[i], r > 1 ? p[i + 1] : 0.0f, r > 2 ? p[i + 2] : 0.0f,
+                                        0.0f));
+    c = _mm_add_ps(_mm_add_ps(a0, a2), _mm_add_ps(a1, a3));
+    t = _mm_add_ps(c, _mm_shuffle_ps(c, c, _MM_SHUFFLE(3, 3, 3, 1)));
+    return _mm_cvtss_f32(_mm_add_ss(t, _mm_movehl_ps(t, t)));
+}
+
+static inline double fp_sum_double(const double *p, ptrdiff_t n) {
+    ptrdiff_t i = 0, r, k;
+    __m128d a[8], c0, c1;
+    if (n <= 8) {
+        FP_SUM_SHORT(double)
+    }
+    for (k = 0; k < 8; k++) a[k] = _mm_setzero_pd(); /* lanes 2k, 2k+1 */
+    for (; i + 16 <= n; i += 16)
+        for (k = 0; k < 8; k++) a[k] = _mm_add_pd(a[k], _mm_loadu_pd(p + i + 2 * k));
+    for (; i + 4 <= n; i += 4) {
+        a[0] = _mm_add_pd(a[0], _mm_loadu_pd(p + i));
+        a[1] = _mm_add_pd(a[1], _mm_loadu_pd(p + i + 2));
+    }
+    r = n - i;
+    if (r > 0) {
+        a[0] = _mm_add_pd(a[0], _mm_setr_pd(p[i], r > 1 ? p[i + 1] : 0.0));
+        a[1] = _mm_add_pd(a[1], _mm_setr_pd(r > 2 ? p[i + 2] : 0.0, 0.0));
+    }
+    c0 = _mm_add_pd(_mm_add_pd(a[0], a[4]), _mm_add_pd(a[2], a[6])); /* lanes 0, 1 */
+    c1 = _mm_add_pd(_mm_add_pd(a[1], a[5]), _mm_add_pd(a[3], a[7])); /* lanes 2, 3 */
+    c0 = _mm_add_sd(c0, _mm_unpackhi_pd(c0, c0));
+    c1 = _mm_add_sd(c1, _mm_unpackhi_pd(c1, c1));
+    return _mm_cvtsd_f64(_mm_add_sd(c0, c1));
+}
+
+#else
+
+static inline float fp_sum_float(const float *p, ptrdiff_t n) { return fp_sum_scalar_float(p, n); }
+static inline double fp_sum_double(const double *p, ptrdiff_t n) {
+    return fp_sum_scalar_double(p, n);
+}
+
+#endif
 
 /* Channels-last max backward (dense rows): for every channel c, if ip[c*ic] (a flat plane
  * position) lies in [lo, hi), add gp[c*sc] to base[(p - lo) * bw + c]. Which channels hit
