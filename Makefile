@@ -44,9 +44,9 @@ info: build
 	$(PY) -m fastpool info
 
 lint: $(VENV)/.installed
-	$(PY) -m pip install $(PIP_FLAGS) ruff cython-lint
+	$(PY) -m pip install $(PIP_FLAGS) ruff cython-lint pycodestyle
 	$(PY) -m ruff check fastpool tests benchmarks
-	$(PY) -m cython-lint src || true
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/cython-lint --max-line-length 100 src/*.pyx src/*.pxi
 
 clean:
 	rm -rf build dist *.egg-info fastpool/*.so src/*.c
