@@ -479,12 +479,6 @@ def _pair(x, i, C, j):
     return x[np.uint64(i + j)] + x[np.uint64(i + C + j)]
 
 
-@njit(inline="always")
-def _cl_dst(oflat, buf, at, m):
-    """Where a cell's ``m`` channels go: the output itself, or a buffer to store from."""
-    return oflat[at : at + m] if len(oflat) else buf[:m]
-
-
 @_kernel("in", "any", "out", "int", "int", "int", "int")
 def _avg_fwd_cl(nt, x, out, oflat, D, H, W, cb):
     for t in prange(nt):
@@ -494,7 +488,12 @@ def _avg_fwd_cl(nt, x, out, oflat, D, H, W, cb):
 @njit(error_model="numpy")
 def _avg_fwd_cl_part(t, nt, x, out, oflat, D, H, W, cb):
     """``x``: (N*D*H*W*C,), channels innermost. A window row is first summed in the input's
-    precision (half the vector work of float64), then added to the float64 sums."""
+    precision (half the vector work of float64), then added to the float64 sums.
+
+    The channel loop is written out for each (first/middle/last row) x (row of 1, 2, more
+    positions) case: with the case tested inside one loop, LLVM neither splits the loop nor
+    vectorises it (10-30% slower, measured). Results go straight to ``oflat`` when the output
+    is contiguous channels-last, else through ``buf``."""
     N, C, Do, Ho, Wo = out.shape
     blocks = (C + cb - 1) // cb
     cells = N * Do * Ho * Wo
@@ -504,6 +503,8 @@ def _avg_fwd_cl_part(t, nt, x, out, oflat, D, H, W, cb):
     acc = np.empty(cb, np.float64)
     part = np.empty(cb, x.dtype)
     buf = np.empty(cb, out.dtype)
+    direct = len(oflat) > 0
+    dst = oflat if direct else buf
     first, last = _chunk(t, blocks * cells, nt)
     b = first // cells
     k = first - b * cells
@@ -515,7 +516,7 @@ def _avg_fwd_cl_part(t, nt, x, out, oflat, D, H, W, cb):
         nw = w1 - w0
         rows = (de[od] - ds[od]) * (he[oh] - hs[oh])
         scale = 1.0 / (rows * nw)
-        dst = _cl_dst(oflat, buf, k * C + c0, m)
+        at = k * C + c0 if direct else 0
         r = 0
         for d in range(ds[od], de[od]):
             for h in range(hs[oh], he[oh]):
@@ -532,13 +533,13 @@ def _avg_fwd_cl_part(t, nt, x, out, oflat, D, H, W, cb):
                 if r == 1 and r == rows:
                     if nw == 1:
                         for j in range(m):
-                            dst[j] = (0.0 + x[np.uint64(i + j)]) * scale
+                            dst[np.uint64(at + j)] = (0.0 + x[np.uint64(i + j)]) * scale
                     elif nw == 2:
                         for j in range(m):
-                            dst[j] = (0.0 + _pair(x, i, C, j)) * scale
+                            dst[np.uint64(at + j)] = (0.0 + _pair(x, i, C, j)) * scale
                     else:
                         for j in range(m):
-                            dst[j] = (0.0 + part[j]) * scale
+                            dst[np.uint64(at + j)] = (0.0 + part[j]) * scale
                 elif r == 1:
                     if nw == 1:
                         for j in range(m):
@@ -562,14 +563,14 @@ def _avg_fwd_cl_part(t, nt, x, out, oflat, D, H, W, cb):
                 else:
                     if nw == 1:
                         for j in range(m):
-                            dst[j] = (acc[j] + x[np.uint64(i + j)]) * scale
+                            dst[np.uint64(at + j)] = (acc[j] + x[np.uint64(i + j)]) * scale
                     elif nw == 2:
                         for j in range(m):
-                            dst[j] = (acc[j] + _pair(x, i, C, j)) * scale
+                            dst[np.uint64(at + j)] = (acc[j] + _pair(x, i, C, j)) * scale
                     else:
                         for j in range(m):
-                            dst[j] = (acc[j] + part[j]) * scale
-        if not len(oflat):
+                            dst[np.uint64(at + j)] = (acc[j] + part[j]) * scale
+        if not direct:
             o = out[n, c0 : c0 + m, od, oh, ow]
             for j in range(m):
                 o[j] = buf[j]
