@@ -13,7 +13,9 @@ op) on arrays made beforehand, so conversions and data generation are never time
 are the same bytes for every backend and for PyTorch; a channels-last case is one buffer in
 (N, H, W, C) order that fastpool sees as the (N, C, H, W) view with channel stride 1 (what
 ``tensor.numpy()`` gives for a ``channels_last`` tensor) and PyTorch as a ``channels_last``
-tensor. The max backward of every backend gets the same indices.
+tensor. The max backward of every backend gets the same indices. The backends and PyTorch
+of one (case, op) are sampled in turns (:func:`measure_together`), so a slow spell of a
+shared machine falls on all of them, not on whichever ran then.
 """
 
 from __future__ import annotations
@@ -364,34 +366,67 @@ def measure(
     min_repeats: int = 5,
     max_repeats: int = 100,
 ) -> Timing:
-    """Median time of one call. Each sample lasts at least 2 ms (tiny cases run several calls
-    per sample) so that timer resolution and call overhead do not decide the result."""
-    call, sync = runner.call, runner.sync
+    """Median time of one call of ``runner`` (see :func:`measure_together`)."""
+    return measure_together(
+        [runner],
+        warmup=[warmup],
+        budget=budget,
+        min_repeats=min_repeats,
+        max_repeats=max_repeats,
+    )[0]
+
+
+def measure_together(
+    runners: Sequence[Runner],
+    *,
+    warmup: Sequence[bool] | None = None,
+    budget: float = 1.0,
+    min_repeats: int = 5,
+    max_repeats: int = 100,
+) -> list[Timing]:
+    """Median time of one call of each runner, their samples taken in turns.
+
+    Round-robin sampling: on a shared machine the speed drifts over seconds, and timing one
+    runner after the other would hand that drift to the comparison between them; taken in
+    turns, every runner sees the same conditions. Each sample lasts at least 2 ms (tiny
+    cases run several calls per sample) so that timer resolution and call overhead do not
+    decide the result; each runner gets ``budget`` seconds of samples, within the repeats.
+    """
+    warmup = [True] * len(runners) if warmup is None else list(warmup)
     gc_was_on = gc.isenabled()
     gc.disable()  # a collection in the middle of a sample is noise, not the kernel's time
     try:
-        if warmup:  # JIT compilation, first-touch of caches and allocator pools
-            call()
-            sync()
-        t0 = time.perf_counter()
-        call()
-        sync()
-        first = time.perf_counter() - t0
-        inner = max(1, min(10_000, int(2e-3 / max(first, 1e-9))))
-        samples = [first] if inner == 1 else []
-        wanted = max(min_repeats, min(max_repeats, int(budget / (first * inner))))
-        wanted = min(wanted, max_repeats)
-        while len(samples) < wanted:
-            t0 = time.perf_counter()
-            for _ in range(inner):
-                call()
-            sync()
-            samples.append((time.perf_counter() - t0) / inner)
+        inner, wanted, samples = [], [], []
+        for runner, warm in zip(runners, warmup, strict=True):
+            if warm:  # JIT compilation, first-touch of caches and allocator pools
+                runner.call()
+                runner.sync()
+            first = _sample(runner, 1)
+            n = max(1, min(10_000, int(2e-3 / max(first, 1e-9))))
+            inner.append(n)
+            samples.append([first] if n == 1 else [])
+            wanted.append(min(max_repeats, max(min_repeats, int(budget / (first * n)))))
+        for _ in range(max(wanted)):
+            for i, runner in enumerate(runners):
+                if len(samples[i]) < wanted[i]:
+                    samples[i].append(_sample(runner, inner[i]))
     finally:
         if gc_was_on:
             gc.enable()
-    calls = len(samples) * inner + (0 if inner == 1 else 1)
-    return Timing(statistics.median(samples), calls)
+    return [
+        Timing(statistics.median(s), len(s) * n + (0 if n == 1 else 1))
+        for s, n in zip(samples, inner, strict=True)
+    ]
+
+
+def _sample(runner: Runner, inner: int) -> float:
+    """Seconds per call over ``inner`` calls (and the wait for the last one)."""
+    call = runner.call
+    t0 = time.perf_counter()
+    for _ in range(inner):
+        call()
+    runner.sync()
+    return (time.perf_counter() - t0) / inner
 
 
 def copy_bandwidth(repeats: int = 5, nbytes: int = 256 * 2**20) -> float:
@@ -500,35 +535,34 @@ def run(
     if "cuda" in backends:
         meta["copy_gbps"]["cuda"] = device_copy_bandwidth()
     results, skipped = [], {}
-    warmed: set[tuple] = set()
     bar = Progress(len(cases) * len(ops) * len(backends)) if progress else None
     for case in cases:
         data = CaseData(case, dtype)
         for op in ops:
+            together: list[tuple[str, Runner]] = []
             for backend in backends:
                 if bar:
                     bar.step(f"{case.name} {op} {backend}")
-                kw = dict(
-                    budget=settings.budget,
-                    min_repeats=settings.min_repeats,
-                    max_repeats=settings.max_repeats,
-                )
                 if backend == "numpy":
                     limit = settings.numpy_max_bytes
                     if limit and case.size * dtype.itemsize > limit:
                         continue
-                    kw.update(min_repeats=1, max_repeats=settings.numpy_repeats)
-                    kw["warmup"] = False  # nothing to compile; its calls are 0.1-2 s each
-                else:
-                    # A JIT compiles once per kernel specialisation (op, dims, layout); later
-                    # cases of the same kind need no warm-up call. The first call of each
-                    # backend in the process (thread pools, allocator) is covered by this too.
-                    spec = (backend, op, case.dims, case.channels_last)
-                    kw["warmup"] = spec not in warmed
-                    warmed.add(spec)
                 try:
                     runner = prepare(data, op, backend)
-                    t = measure(runner, **kw)
+                    if backend == "numpy":  # alone: a few calls of up to seconds each
+                        t = measure(
+                            runner,
+                            warmup=False,
+                            min_repeats=1,
+                            max_repeats=settings.numpy_repeats,
+                            budget=settings.budget,
+                        )
+                        results.append(_row(case, op, backend, runner, t, dtype, meta))
+                        continue
+                    # untimed: compiles a JIT's kernel, warms caches and thread pools, and a
+                    # call that fails says so here
+                    runner.call()
+                    runner.sync()
                 except Unavailable as exc:
                     skipped.setdefault(backend, str(exc))
                     continue
@@ -536,32 +570,45 @@ def run(
                     why = f"{type(exc).__name__}: {exc}"
                     skipped.setdefault(f"{backend} ({case.name}, {op})", why)
                     continue
-                traffic = case.traffic(op, dtype.itemsize)
-                gbps = traffic / t.seconds / 1e9
-                copy = meta["copy_gbps"]["cuda" if runner.device == "cuda" else "host"]
-                results.append(
-                    {
-                        "case": case.name,
-                        "shape": list(case.shape),
-                        "output_size": list(case.out_spatial),
-                        "layout": case.layout,
-                        "channels_last": case.channels_last,
-                        "dims": case.dims,
-                        "op": op,
-                        "backend": backend,
-                        "device": runner.device,
-                        "ms": t.seconds * 1e3,
-                        "calls": t.calls,
-                        "bytes": traffic,
-                        "gbps": gbps,
-                        "pct_copy": 100 * gbps / copy,
-                    }
+                together.append((backend, runner))
+            if together:  # the backends and PyTorch sampled in turns
+                timings = measure_together(
+                    [r for _, r in together],
+                    warmup=[False] * len(together),
+                    budget=settings.budget,
+                    min_repeats=settings.min_repeats,
+                    max_repeats=settings.max_repeats,
                 )
+                for (backend, runner), t in zip(together, timings, strict=True):
+                    results.append(_row(case, op, backend, runner, t, dtype, meta))
         del data
     if bar:
         bar.close()
     _add_speedups(results)
     return {"meta": meta, "skipped": skipped, "results": results, "geomean": geomeans(results)}
+
+
+def _row(case: Case, op: str, backend: str, runner: Runner, t: Timing, dtype, meta) -> dict:
+    """One result of the ``--json`` document."""
+    traffic = case.traffic(op, dtype.itemsize)
+    gbps = traffic / t.seconds / 1e9
+    copy = meta["copy_gbps"]["cuda" if runner.device == "cuda" else "host"]
+    return {
+        "case": case.name,
+        "shape": list(case.shape),
+        "output_size": list(case.out_spatial),
+        "layout": case.layout,
+        "channels_last": case.channels_last,
+        "dims": case.dims,
+        "op": op,
+        "backend": backend,
+        "device": runner.device,
+        "ms": t.seconds * 1e3,
+        "calls": t.calls,
+        "bytes": traffic,
+        "gbps": gbps,
+        "pct_copy": 100 * gbps / copy,
+    }
 
 
 def _cpu_count() -> int:

@@ -1,0 +1,116 @@
+"""``python -m fastpool bench``: timing protocol, the result document and the CLI.
+
+Only what the benchmark reports is checked here, never how fast anything is.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import fastpool
+from fastpool import bench
+
+#: A tiny run: a few samples of a few milliseconds.
+TINY = bench.Settings(budget=0.005, min_repeats=2, max_repeats=3, numpy_repeats=1)
+SMALL_CASE = "32x64x5x5->7 NCHW"
+
+
+def _recording_runner(log: list[str], name: str) -> bench.Runner:
+    return bench.Runner(lambda: log.append(name))
+
+
+def test_measure_together_samples_in_turns():
+    log: list[str] = []
+    runners = [_recording_runner(log, "a"), _recording_runner(log, "b")]
+    timings = bench.measure_together(
+        runners, warmup=[False, False], budget=0.0, min_repeats=4, max_repeats=4
+    )
+    assert [t.calls for t in timings] == [log.count("a"), log.count("b")]
+    assert all(t.seconds > 0 for t in timings)
+    # after each runner's first (sizing) call, the samples alternate: a's block, b's block
+    blocks = [name for i, name in enumerate(log) if i == 0 or log[i - 1] != name]
+    assert blocks[:2] == ["a", "b"] and len(blocks) >= 2 * 4
+    assert all(x != y for x, y in zip(blocks, blocks[1:], strict=False))
+
+
+def test_measure_warmup_call_is_not_counted():
+    log: list[str] = []
+    t = bench.measure(
+        _recording_runner(log, "a"), warmup=True, budget=0.0, min_repeats=3, max_repeats=3
+    )
+    assert len(log) == t.calls + 1
+
+
+def test_run_document_and_speedups():
+    cases = bench.select_cases(cases_regex=SMALL_CASE)
+    assert [c.name for c in cases] == [SMALL_CASE]
+    doc = bench.run(
+        cases,
+        ["avg", "max_backward"],
+        ["numpy", "nonesuch-peer"],
+        settings=TINY,
+        threads=1,
+        progress=False,
+    )
+    rows = doc["results"]
+    assert {(r["op"], r["backend"]) for r in rows} == {("avg", "numpy"), ("max_backward", "numpy")}
+    for r in rows:
+        assert r["case"] == SMALL_CASE and r["ms"] > 0 and r["gbps"] > 0
+        assert r["bytes"] == cases[0].traffic(r["op"], 4)
+    assert "nonesuch-peer" in doc["skipped"]
+    assert doc["meta"]["threads"] == 1 and doc["meta"]["dtype"] == "float32"
+    json.dumps(doc)  # the --json document is plain JSON
+    table = bench.format_table(doc)
+    assert SMALL_CASE in table and "max_backward" in table
+
+
+def test_run_against_torch_reports_speedups():
+    pytest.importorskip("torch")
+    backend = fastpool.available_backends()[0]
+    cases = bench.select_cases(cases_regex=SMALL_CASE)
+    doc = bench.run(
+        cases, ["avg"], [backend, bench.TORCH], settings=TINY, threads=1, progress=False
+    )
+    by = {r["backend"]: r for r in doc["results"]}
+    assert set(by) == {backend, bench.TORCH}
+    assert by[backend]["vs_torch"] == pytest.approx(by[bench.TORCH]["ms"] / by[backend]["ms"])
+    assert doc["geomean"][backend]["vs_torch_n"] == 1
+    assert SMALL_CASE in bench.format_markdown(doc)
+
+
+def test_cli_list_and_bad_arguments(capsys):
+    assert bench.main(["--list"]) == 0
+    assert SMALL_CASE in capsys.readouterr().out
+    assert bench.main(["--op", "median", "--no-torch"]) == 2
+    assert "unknown op median" in capsys.readouterr().err
+    assert bench.main(["--cases", "no such case", "--no-torch"]) == 2
+    assert "no case matches" in capsys.readouterr().err
+    assert bench.main(["--backend", "tpu", "--no-torch"]) == 2
+    assert "unknown backend 'tpu'" in capsys.readouterr().err
+
+
+def test_cli_json_roundtrip(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(bench, "QUICK", TINY)
+    out = tmp_path / "bench.json"
+    argv = [
+        "--quick",
+        "--cases",
+        SMALL_CASE,
+        "--op",
+        "avg",
+        "--backend",
+        "numpy",
+        "--no-torch",
+        "--threads",
+        "1",
+        "--json",
+        str(out),
+    ]
+    assert bench.main(argv) == 0
+    first = capsys.readouterr().out
+    assert SMALL_CASE in first and f"wrote {out}" in first
+    assert bench.main(["--load", str(out), "--markdown"]) == 0
+    again = capsys.readouterr().out
+    assert SMALL_CASE in again and "| case |" in again
