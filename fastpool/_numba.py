@@ -330,6 +330,10 @@ def _better(v, i, bv, bi):
 # ------------------------------------------------------------------ forward, planar layout
 
 
+#: Largest plane (elements) whose depth-window sums the planar average keeps (256 KiB).
+_DEPTH_SUM_MAX = 1 << 15
+
+
 @_kernel("in", "any", "int", "int", "int")
 def _avg_fwd_planar(nt, x, out, D, H, W):
     for t in prange(nt):
@@ -338,7 +342,8 @@ def _avg_fwd_planar(nt, x, out, D, H, W):
 
 @njit(error_model="numpy")
 def _avg_fwd_planar_part(t, nt, x, out, D, H, W):
-    """``x``: (N*C, D*H*W); one work item per output row ``(n, c, od, oh)``."""
+    """``x``: (N*C, D*H*W); one work item per output row ``(n, c, od, oh)``. The rows of a
+    window are added in float64 into one row, whose column windows are then summed."""
     N, C, Do, Ho, Wo = out.shape
     HW = H * W
     if Do * Ho * Wo == 1:  # global pooling: nothing but a sum per plane
@@ -352,6 +357,8 @@ def _avg_fwd_planar_part(t, nt, x, out, D, H, W):
     hs, he = _bounds(H, Ho)
     ws, we = _bounds(W, Wo)
     buf = np.empty(W, np.float64)
+    dsum = np.empty(HW if D > 1 and HW <= _DEPTH_SUM_MAX else 0, np.float64)
+    key = -1  # the (n, c, od) whose depth sums dsum holds
     first, last = _chunk(t, N * C * Do * Ho, nt)
     n, c, od, oh = _unravel(first, C, Do, Ho)
     for _ in range(first, last):
@@ -368,6 +375,24 @@ def _avg_fwd_planar_part(t, nt, x, out, D, H, W):
             for ow in range(Wo):
                 s = _sum(row[ws[ow] : we[ow]])
                 orow[ow] = s / (we[ow] - ws[ow])
+        elif d1 - d0 > 1 and HW <= _DEPTH_SUM_MAX:
+            # several depth slices: add them once per (n, c, od) into a plane of float64
+            # sums (long vector loops), then add that plane's rows of the window
+            if key != (n * C + c) * Do + od:
+                key = (n * C + c) * Do + od
+                for i in range(HW):
+                    dsum[i] = xp[np.uint64(d0 * HW + i)]
+                for d in range(d0 + 1, d1):
+                    for i in range(HW):
+                        dsum[i] += xp[np.uint64(d * HW + i)]
+            for w in range(W):
+                buf[w] = dsum[np.uint64(h0 * W + w)]
+            for h in range(h0 + 1, h1):
+                for w in range(W):
+                    buf[w] += dsum[np.uint64(h * W + w)]
+            for ow in range(Wo):
+                s = _sum(buf[ws[ow] : we[ow]])
+                orow[ow] = s / (nrows * (we[ow] - ws[ow]))
         else:  # add the window's rows into one row, then sum its column windows
             row = xp[d0 * HW + h0 * W : d0 * HW + h0 * W + W]
             for w in range(W):
