@@ -330,6 +330,8 @@ def _better(v, i, bv, bi):
 # ------------------------------------------------------------------ forward, planar layout
 
 
+#: Most elements of the float64 row of :func:`_avg_fwd_cl_rows` (64 KiB).
+_ROW_ELEMENTS = 1 << 13
 #: Largest plane (elements) whose depth-window sums the planar average keeps (256 KiB).
 _DEPTH_SUM_MAX = 1 << 15
 
@@ -603,6 +605,73 @@ def _avg_fwd_cl_part(t, nt, x, out, oflat, D, H, W, cb):
         n, od, oh, ow = _next(n, od, oh, ow, Do, Ho, Wo)
         if n == N:
             n, b, k = 0, b + 1, 0
+
+
+@_kernel("in", "any", "out", "int", "int", "int", "int")
+def _avg_fwd_cl_rows(nt, x, out, oflat, D, H, W, cb):
+    for t in prange(nt):
+        _avg_fwd_cl_rows_part(np.int64(t), nt, x, out, oflat, D, H, W, cb)
+
+
+@njit(error_model="numpy")
+def _avg_fwd_cl_rows_part(t, nt, x, out, oflat, D, H, W, cb):
+    """Volumes (3d), channels-last: one work item per output row ``(n, od, oh)`` and block of
+    ``cb`` channels. The window's (d, h) rows -- W positions x cb channels each, contiguous
+    when cb == C -- are added in float64 into one row (long vector loops, each input row
+    read once per output row, where :func:`_avg_fwd_cl_part` runs eight channel loops per
+    cell and row), then each cell sums its positions of that row."""
+    N, C, Do, Ho, Wo = out.shape
+    ds, de = _bounds(D, Do)
+    hs, he = _bounds(H, Ho)
+    ws, we = _bounds(W, Wo)
+    blocks = (C + cb - 1) // cb
+    row = np.empty(W * cb, np.float64)
+    acc = np.empty(cb, np.float64)
+    direct = len(oflat) > 0
+    first, last = _chunk(t, blocks * N * Do * Ho, nt)
+    b, n, od, oh = _unravel(first, N, Do, Ho)
+    for _ in range(first, last):
+        c0 = b * cb
+        m = min(cb, C - c0)
+        nrows = (de[od] - ds[od]) * (he[oh] - hs[oh])
+        start = True  # the first row is copied: no zero fill
+        for d in range(ds[od], de[od]):
+            for h in range(hs[oh], he[oh]):
+                i = ((n * D + d) * H + h) * W * C + c0
+                if m == C:  # the whole row is one contiguous run
+                    if start:
+                        for k in range(W * C):
+                            row[k] = x[np.uint64(i + k)]
+                    else:
+                        for k in range(W * C):
+                            row[k] += x[np.uint64(i + k)]
+                else:
+                    for w in range(W):
+                        r = row[w * m : w * m + m]
+                        if start:
+                            for j in range(m):
+                                r[j] = x[np.uint64(i + w * C + j)]
+                        else:
+                            for j in range(m):
+                                r[j] += x[np.uint64(i + w * C + j)]
+                start = False
+        for ow in range(Wo):
+            w0, w1 = ws[ow], we[ow]
+            for j in range(m):
+                acc[j] = 0.0 + row[np.uint64(w0 * m + j)]  # +0.0 for an all -0.0 window
+            for w in range(w0 + 1, w1):
+                for j in range(m):
+                    acc[j] += row[np.uint64(w * m + j)]
+            scale = 1.0 / (nrows * (w1 - w0))
+            if direct:
+                at = (((n * Do + od) * Ho + oh) * Wo + ow) * C + c0
+                for j in range(m):
+                    oflat[np.uint64(at + j)] = acc[j] * scale
+            else:
+                o = out[n, c0 : c0 + m, od, oh, ow]
+                for j in range(m):
+                    o[j] = acc[j] * scale
+        b, n, od, oh = _next(b, n, od, oh, N, Do, Ho)
 
 
 # One work item per output cell and block of channels, as above.
@@ -1347,10 +1416,13 @@ def avg_forward(x, out):
     n, c, d, h, w = x.shape
     work = x.size + out.size
     if channels_last:
-        cb = _channel_block(x, out)
         oflat = _channels_last(target)
         oflat = _EMPTY[x.dtype] if oflat is None else oflat.reshape(-1)
-        _avg_fwd_cl(work, xv.reshape(-1), target, oflat, d, h, w, cb)
+        if d > 1:  # volumes: by output rows (the choice depends on the spatial shape only)
+            cb = c if w * c <= _ROW_ELEMENTS else max(1, _ROW_ELEMENTS // w)
+            _avg_fwd_cl_rows(work, xv.reshape(-1), target, oflat, d, h, w, cb)
+        else:
+            _avg_fwd_cl(work, xv.reshape(-1), target, oflat, d, h, w, _channel_block(x, out))
     else:
         _avg_fwd_planar(work, xv, target, d, h, w)
     if target is not out:

@@ -95,6 +95,24 @@ def test_average_of_windows_too_large_for_registers(backend, rng, shape, osize, 
     assert_close(actual, np.moveaxis(expected, 1, -1))
 
 
+@pytest.mark.parametrize("dtype", (np.float32, np.float64))
+@pytest.mark.parametrize(
+    ("shape", "osize"),
+    [((2, 5, 6, 7, 12), (3, 4, 5)), ((1, 4, 5, 6, 1500), (2, 2, 3))],
+    ids=("whole-rows", "channel-blocks"),
+)
+def test_volume_average_by_output_rows(backend, rng, shape, osize, dtype):
+    """Volumes are averaged an output row at a time; with many channels a row holds a block
+    of them (the second case: 9000 values per input row), and each block must still give
+    every channel's mean. A window of -0.0 only averages to +0.0, as in the reference."""
+    x = rng.standard_normal(shape).astype(dtype)
+    x[..., ::7] = -0.0
+    actual = fastpool.adaptive_avg_pool3d(x, osize, backend=backend, **CL)
+    expected = fastpool.adaptive_avg_pool3d(np.moveaxis(x, -1, 1), osize, backend="numpy")
+    assert_close(actual, np.moveaxis(expected, 1, -1))
+    assert np.array_equal(np.signbit(actual), np.signbit(np.moveaxis(expected, 1, -1)))
+
+
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize(("dims", "shape", "osize"), CASES, ids=IDS)
 def test_backward_is_channels_first_transposed(backend, rng, dims, shape, osize, kind):
