@@ -377,34 +377,32 @@ def _avg_fwd_planar_part(t, nt, x, out, D, H, W):
             for ow in range(Wo):
                 s = _sum(row[ws[ow] : we[ow]])
                 orow[ow] = s / (we[ow] - ws[ow])
-        elif d1 - d0 > 1 and HW <= _DEPTH_SUM_MAX:
-            # several depth slices: add them once per (n, c, od) into a plane of float64
-            # sums (long vector loops), then add that plane's rows of the window
-            if key != (n * C + c) * Do + od:
-                key = (n * C + c) * Do + od
-                for i in range(HW):
-                    dsum[i] = xp[np.uint64(d0 * HW + i)]
-                for d in range(d0 + 1, d1):
-                    for i in range(HW):
-                        dsum[i] += xp[np.uint64(d * HW + i)]
-            for w in range(W):
-                buf[w] = dsum[np.uint64(h0 * W + w)]
-            for h in range(h0 + 1, h1):
-                for w in range(W):
-                    buf[w] += dsum[np.uint64(h * W + w)]
-            for ow in range(Wo):
-                s = _sum(buf[ws[ow] : we[ow]])
-                orow[ow] = s / (nrows * (we[ow] - ws[ow]))
         else:  # add the window's rows into one row, then sum its column windows
-            row = xp[d0 * HW + h0 * W : d0 * HW + h0 * W + W]
-            for w in range(W):
-                buf[w] = row[w]
-            for d in range(d0, d1):
-                for h in range(h0, h1):
-                    if d != d0 or h != h0:
-                        row = xp[d * HW + h * W : d * HW + h * W + W]
-                        for w in range(W):
-                            buf[w] += row[w]
+            if d1 - d0 > 1 and HW <= _DEPTH_SUM_MAX:
+                # several depth slices: add them once per (n, c, od) into a plane of float64
+                # sums (long vector loops); the window's rows are that plane's rows
+                if key != (n * C + c) * Do + od:
+                    key = (n * C + c) * Do + od
+                    for i in range(HW):
+                        dsum[i] = xp[np.uint64(d0 * HW + i)]
+                    for d in range(d0 + 1, d1):
+                        for i in range(HW):
+                            dsum[i] += xp[np.uint64(d * HW + i)]
+                for w in range(W):
+                    buf[w] = dsum[np.uint64(h0 * W + w)]
+                for h in range(h0 + 1, h1):
+                    for w in range(W):
+                        buf[w] += dsum[np.uint64(h * W + w)]
+            else:
+                row = xp[d0 * HW + h0 * W : d0 * HW + h0 * W + W]
+                for w in range(W):
+                    buf[w] = row[w]
+                for d in range(d0, d1):
+                    for h in range(h0, h1):
+                        if d != d0 or h != h0:
+                            row = xp[d * HW + h * W : d * HW + h * W + W]
+                            for w in range(W):
+                                buf[w] += row[w]
             for ow in range(Wo):
                 s = _sum(buf[ws[ow] : we[ow]])
                 orow[ow] = s / (nrows * (we[ow] - ws[ow]))
