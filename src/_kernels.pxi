@@ -625,6 +625,68 @@ cdef void _avg_fwd_cl(const floating* x, floating* out, floating* buf, Geom g,
         _store_cl(op, g, buf, oh1 - oh0, nc)
 
 
+cdef enum:
+    _ROW_ELEMENTS = 8192  # most values in the row buffer of _avg_fwd_cl_rows (32-64 KB)
+
+
+cdef void _cl_row_blocks(Geom* g):
+    # A task of _avg_fwd_cl_rows sums the window rows of one output row, W positions x a
+    # block of channels: all C when such a row fits the buffer, else fewer.
+    g.cbs = g.c if g.w * g.c <= _ROW_ELEMENTS else max(1, _ROW_ELEMENTS // g.w)
+    g.ncb = (g.c + g.cbs - 1) // g.cbs
+
+
+cdef void _avg_fwd_cl_rows(const floating* x, floating* out, floating* buf, Geom g,
+                           const Py_ssize_t* wd, const Py_ssize_t* wh, const Py_ssize_t* ww,
+                           Py_ssize_t task) noexcept nogil:
+    """Volumes, channels-last: output row ``out[n, c0:c1, od, oh, :]``. The window's (d, h)
+    input rows (W positions x the block's channels, one contiguous run when the block holds
+    every channel) are added into one row in ``buf`` (long vector loops, each input row read
+    once per output row, where _avg_fwd_cl reads short runs per cell), then each cell adds
+    its positions of that row. Every channel adds the same values in the same order
+    whatever the block size."""
+    cdef Py_ssize_t cb = task % g.ncb, t = task // g.ncb
+    cdef Py_ssize_t oh = t % g.oh
+    t = t // g.oh
+    cdef Py_ssize_t od = t % g.od, n = t // g.od
+    cdef Py_ssize_t c0 = cb * g.cbs, nc = min(g.cbs, g.c - c0)
+    cdef Py_ssize_t d0 = wd[2 * od], d1 = wd[2 * od + 1], h0 = wh[2 * oh], h1 = wh[2 * oh + 1]
+    cdef Py_ssize_t d, h, w, ow, w0, w1, j
+    cdef const floating* xp = x + n * g.bn + c0
+    cdef const floating* src
+    cdef floating* op = out + n * g.sn + c0 * g.sc + od * g.sd + oh * g.sh
+    cdef floating* row = buf
+    cdef floating* cells = buf + g.w * nc
+    cdef floating* dst
+    cdef bint direct = g.sc == 1, first = True
+    for d in range(d0, d1):
+        for h in range(h0, h1):
+            src = xp + d * g.bd + h * g.bh
+            if g.bw == nc:  # the block is every channel of dense positions: one run
+                if first:
+                    _copy(row, src, g.w * nc)
+                else:
+                    _add(row, src, g.w * nc)
+            else:
+                for w in range(g.w):
+                    if first:
+                        _copy(row + w * nc, src + w * g.bw, nc)
+                    else:
+                        _add(row + w * nc, src + w * g.bw, nc)
+            first = False
+    for ow in range(g.ow):
+        w0 = ww[2 * ow]
+        w1 = ww[2 * ow + 1]
+        dst = op + ow * g.sw if direct else cells + ow * nc
+        for j in range(nc):
+            dst[j] = 0 + row[w0 * nc + j]  # 0 + : a window of -0.0 averages to +0.0
+        for w in range(w0 + 1, w1):
+            _add(dst, row + w * nc, nc)
+        _scale(dst, (d1 - d0) * (h1 - h0) * (w1 - w0), nc)
+    if not direct:
+        _store_cl(op, g, cells, 1, nc)
+
+
 cdef int _avg_forward(const floating* xp, floating* op, cnp.ndarray x, cnp.ndarray out,
                       bint channels_last, int num_threads) except -1:
     """``out`` = window means of ``x`` (rows contiguous, or channel stride 1 if channels_last)."""
@@ -639,7 +701,24 @@ cdef int _avg_forward(const floating* xp, floating* op, cnp.ndarray x, cnp.ndarr
         _fill_windows(wd, g.d, g.od)
         _fill_windows(wh, g.h, g.oh)
         _fill_windows(ww, g.w, g.ow)
-        if channels_last:
+        if channels_last and g.d > 1:
+            # volumes: by output rows (chosen by the spatial shape only: dask chunks of any
+            # channel count take the kernel, and so the bits, of the whole array)
+            _cl_row_blocks(&g)
+            ntasks = g.n * g.od * g.oh * g.ncb
+            bufsize = _per_thread(g.cbs * (g.w + g.ow))
+            _task_threads(ntasks, num_threads, &nt)
+            scratch = <floating*>_alloc(nt * bufsize * sizeof(floating))
+            if nt == 1:  # no thread team for one thread
+                with nogil:
+                    for task in range(ntasks):
+                        _avg_fwd_cl_rows(xp, op, scratch, g, wd, wh, ww, task)
+            else:
+                for task in prange(ntasks, nogil=True, schedule='static', num_threads=nt):
+                    _avg_fwd_cl_rows(xp, op, scratch + threadid() * bufsize, g, wd, wh, ww,
+                                     task)
+            return 0
+        elif channels_last:
             _cl_forward_blocks(&g, num_threads)
             ntasks = g.n * g.od * g.nohb * g.ncb
             bufsize = _per_thread(g.cbs * g.ow * g.ohb)
