@@ -50,6 +50,9 @@ _F32 = np.dtype(np.float32)
 
 NATIVE_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
+#: max_backward checks the indices itself, before writing (see fastpool._host).
+CHECKS_INDICES = True
+
 #: True when the extension was built with OpenMP (else it runs on one thread).
 OPENMP: bool = bool(_cy.OPENMP)
 
@@ -191,6 +194,8 @@ def max_backward(grad_output: np.ndarray, indices: np.ndarray, grad_input: np.nd
     if channels_last is None:
         gi, channels_last = _stand_in(grad_input, False)
     g, i = _aligned(grad_output), _aligned(indices)
-    _max_backward(g, i, gi, channels_last, _threads(gi.size + g.size))
+    if not _max_backward(g, i, gi, channels_last, _threads(gi.size + g.size)):
+        return False  # an index outside the plane: nothing written
     if gi is not grad_input:
         grad_input[...] = gi
+    return True

@@ -8,6 +8,10 @@ strides and the dtypes it handles natively::
 
 Kernels write every element of their outputs and never see empty arrays. Everything else
 (validation, allocation, ``out=``, float16 through float32) happens here, before they run.
+One exception: a module with ``CHECKS_INDICES = True`` checks the max-backward indices
+itself, in the same call, before its scatter writes anything (the check then reads the
+indices on the threads that scatter them); its ``max_backward`` returns False, having
+written nothing, when one lies outside the plane, and the ValueError is raised here.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ class HostBackend:
         self.name = name
         self.module = module
         self.native_dtypes = tuple(np.dtype(d) for d in module.NATIVE_DTYPES)
+        self.checks_indices = bool(getattr(module, "CHECKS_INDICES", False))
 
     def __repr__(self) -> str:
         return f"<fastpool backend {self.name!r}>"
@@ -61,9 +66,11 @@ class HostBackend:
     def backward(self, kind: str, grad_output, indices, plan: v.Plan, out=None):
         grad_output = v.as_host_array(grad_output, "grad_output")
         inputs = [("grad_output", grad_output)]
+        given = indices
         if kind == "max":
-            indices = v.as_host_array(indices, "indices")
-            v.check_index_bounds(indices, plan.plane)
+            given = indices = v.as_host_array(indices, "indices")
+            if not self.checks_indices:
+                v.check_index_bounds(indices, plan.plane)
             indices = indices.astype(np.int64, copy=False)
             inputs.append(("indices", indices))
         grad_input = _output(out, plan.in_shape, plan.dtype, "out")
@@ -77,11 +84,15 @@ class HostBackend:
         args = (plan.view5(indices),) if kind == "max" else ()
         kernel = getattr(self.module, f"{kind}_backward")
         if self._native(plan.dtype):
-            kernel(g5, *args, gi5)
+            ok = kernel(g5, *args, gi5)
         else:
             tmp = np.empty(plan.in5, dtype=_F32)
-            kernel(g5.astype(_F32), *args, tmp)
-            gi5[...] = tmp
+            ok = kernel(g5.astype(_F32), *args, tmp)
+            if ok is not False:
+                gi5[...] = tmp
+        if ok is False:  # an index outside the plane (the kernel wrote nothing)
+            v.check_index_bounds(given, plan.plane)  # raises, naming the index
+            raise AssertionError("the kernel reported an index the check does not find")
         return grad_input
 
 

@@ -6,7 +6,7 @@ cimport numpy as cnp
 from cython cimport floating
 from cython.parallel cimport prange, threadid
 from libc.math cimport INFINITY
-from libc.stdint cimport int32_t, int64_t
+from libc.stdint cimport int32_t, int64_t, uint64_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memset
 
@@ -1490,12 +1490,81 @@ cdef void _max_bwd_cl_slab(const floating* go, const int64_t* idx, floating* gi,
                                                         + gp[c * g.sc])
 
 
+cdef inline bint _any_out_of_plane(const int64_t* ip, Py_ssize_t n, uint64_t plane) noexcept nogil:
+    # As unsigned, a negative index is huge: one comparison per index, no early exit (the
+    # loop vectorises; bad indices are the exception).
+    cdef Py_ssize_t i
+    cdef bint bad = False
+    for i in range(n):
+        bad = bad | (<uint64_t>ip[i] >= plane)
+    return bad
+
+
+cdef bint _bad_indices(const int64_t* idx, Geom g, Py_ssize_t n, Py_ssize_t c0, Py_ssize_t c1,
+                       uint64_t plane) noexcept nogil:
+    """Does any of ``indices[n, c0:c1]`` lie outside ``[0, plane)``? (Only reads them.)"""
+    cdef Py_ssize_t c, od, oh, ow
+    cdef const int64_t* ip
+    cdef bint bad = False
+    if g.ic == 1:  # channels-last indices: channel runs
+        for od in range(g.od):
+            for oh in range(g.oh):
+                for ow in range(g.ow):
+                    ip = idx + n * g.in_ + od * g.id + oh * g.ih + ow * g.iw + c0
+                    bad = bad | _any_out_of_plane(ip, c1 - c0, plane)
+        return bad
+    for c in range(c0, c1):
+        for od in range(g.od):
+            for oh in range(g.oh):
+                ip = idx + n * g.in_ + c * g.ic + od * g.id + oh * g.ih
+                if g.iw == 1:
+                    bad = bad | _any_out_of_plane(ip, g.ow, plane)
+                else:
+                    for ow in range(g.ow):
+                        bad = bad | (<uint64_t>ip[ow * g.iw] >= plane)
+    return bad
+
+
+cdef bint _check_task(const int64_t* idx, Geom g, bint channels_last, bint group,
+                      Py_ssize_t task) noexcept nogil:
+    """The indices that scatter task ``task`` (see _max_backward) reads: any out of the plane?
+    Channels-last tasks are checked a sample at a time."""
+    cdef uint64_t plane = <uint64_t>(g.d * g.h * g.w)
+    cdef Py_ssize_t p0, m
+    if channels_last:
+        return _bad_indices(idx, g, task, 0, g.c, plane)
+    if group:  # planes [8 task, 8 task + 8), dense and adjacent
+        p0 = task * _GROUP
+        m = min(<Py_ssize_t>_GROUP, g.n * g.c - p0)
+        return _any_out_of_plane(idx + p0 * g.ic, m * g.od * g.oh * g.ow, plane)
+    return _bad_indices(idx, g, task // g.c, task % g.c, task % g.c + 1, plane)
+
+
+cdef bint _indices_bad(const int64_t* ip, Geom g, bint channels_last, bint group,
+                       Py_ssize_t ntasks, int nt) noexcept:
+    """Check every index, in the tasks (and so, static schedule, on the threads) that will
+    scatter them: each thread then finds its indices in its own cache."""
+    cdef Py_ssize_t task
+    cdef int bad = 0
+    if nt == 1:  # no thread team for one thread
+        with nogil:
+            for task in range(ntasks):
+                bad += _check_task(ip, g, channels_last, group, task)
+    else:
+        for task in prange(ntasks, nogil=True, schedule='static', num_threads=nt):
+            bad += _check_task(ip, g, channels_last, group, task)
+    return bad != 0
+
+
 cdef int _max_backward(const floating* gop, floating* gip, cnp.ndarray grad_output,
                        cnp.ndarray indices, cnp.ndarray grad_input, bint channels_last,
                        int num_threads) except -1:
     """Zero, then scatter-add in output order, each element by one thread: deterministic
     without atomics (planar: one plane, or eight small ones, per task; channels-last: one
-    sample or one run of rows per task). The indices are checked by the caller."""
+    sample or one run of rows per task).
+
+    Returns 1, having written nothing, when an index lies outside the plane: every index is
+    checked first, in a loop that only reads them (the scatter would write out of bounds)."""
     cdef Geom g = _geom(_shape(grad_input), _strides(grad_input), _shape(grad_output),
                         _strides(grad_output), sizeof(floating))
     _set_index_strides(&g, _strides(indices))
@@ -1520,6 +1589,8 @@ cdef int _max_backward(const floating* gop, floating* gip, cnp.ndarray grad_outp
         if group:
             ntasks = (ntasks + _GROUP - 1) // _GROUP
         _task_threads(ntasks, num_threads, &nt)
+        if _indices_bad(ip, g, False, group, ntasks, nt):
+            return 1
         if group:
             if nt == 1:  # no thread team for one thread
                 with nogil:
@@ -1536,10 +1607,12 @@ cdef int _max_backward(const floating* gop, floating* gip, cnp.ndarray grad_outp
             for task in prange(ntasks, nogil=True, schedule='static', num_threads=nt):
                 _max_bwd_planar(gop, ip, gip, g, dense, task)
         return 0
+    _task_threads(g.n, num_threads, &nt)
+    if _indices_bad(ip, g, True, False, g.n, nt):
+        return 1
     if (dense and g.bw == g.c and g.n >= 4 * num_threads
             and g.d * g.h * g.w * g.c * sizeof(floating) <= 65536):
         # small dense (n) slabs, enough of them: one per task, like the planar planes
-        _task_threads(g.n, num_threads, &nt)
         if nt == 1:  # no thread team for one thread
             with nogil:
                 for task in range(g.n):
@@ -1608,15 +1681,15 @@ def avg_backward(cnp.ndarray grad_output not None, cnp.ndarray grad_input not No
 
 def max_backward(cnp.ndarray grad_output not None, cnp.ndarray indices not None,
                  cnp.ndarray grad_input not None, bint channels_last, int num_threads):
-    """``grad_input.flat_plane[indices] += grad_output``, each element by one thread. The
-    indices must lie in the plane (the caller checks)."""
+    """``grad_input.flat_plane[indices] += grad_output``, each element by one thread; True.
+    False, with ``grad_input`` untouched, when an index lies outside the plane (all are
+    checked before any element is written)."""
     cdef int t = _float_kind(grad_input, grad_output, True)
     _check_array(indices, cnp.NPY_INT64, False)
     if t == cnp.NPY_FLOAT:
-        _max_backward(<const float*>cnp.PyArray_DATA(grad_output),
-                      <float*>cnp.PyArray_DATA(grad_input), grad_output, indices, grad_input,
-                      channels_last, num_threads)
-    else:
-        _max_backward(<const double*>cnp.PyArray_DATA(grad_output),
-                      <double*>cnp.PyArray_DATA(grad_input), grad_output, indices, grad_input,
-                      channels_last, num_threads)
+        return _max_backward(<const float*>cnp.PyArray_DATA(grad_output),
+                             <float*>cnp.PyArray_DATA(grad_input), grad_output, indices,
+                             grad_input, channels_last, num_threads) == 0
+    return _max_backward(<const double*>cnp.PyArray_DATA(grad_output),
+                         <double*>cnp.PyArray_DATA(grad_input), grad_output, indices,
+                         grad_input, channels_last, num_threads) == 0

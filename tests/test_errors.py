@@ -190,3 +190,34 @@ def test_max_backward_bad_index_without_out(backend, data_format, n):
 def test_bad_data_format(backend):
     with pytest.raises(ValueError, match="data_format"):
         fastpool.adaptive_avg_pool2d(_x(2), 2, backend=backend, data_format="NHWC")
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+@pytest.mark.parametrize("data_format", ["channels_first", "channels_last"])
+@pytest.mark.parametrize(("n", "size", "osize"), [(64, 5, 7), (2, 40, 9)])
+def test_bad_index_leaves_out_untouched_on_many_threads(
+    backend, dtype, data_format, n, size, osize
+):
+    # Calls large enough to run on every thread, in each kernel family (small planes or
+    # samples, single planes or runs of rows): a bad index anywhere is found before any
+    # element of out is written, and out keeps its values.
+    shape = (n, size, size, 16) if data_format == "channels_last" else (n, 16, size, size)
+    x = np.random.default_rng(2).standard_normal(shape).astype(dtype)
+    values, indices = fastpool.adaptive_max_pool2d(
+        x, osize, True, backend=backend, data_format=data_format
+    )
+    plane = size * size
+    out = np.full(x.shape, 7.0, dtype=dtype)
+    for where in (0, indices.size // 2, indices.size - 1):
+        for bad_value in (-1, plane):
+            bad = indices.copy()
+            bad.flat[where] = bad_value
+            with pytest.raises(ValueError, match=rf"indices must lie in \[0, {plane}\)"):
+                fastpool.adaptive_max_pool2d_backward(
+                    values, bad, x.shape, backend=backend, data_format=data_format, out=out
+                )
+            assert (out == 7.0).all()
+    good = fastpool.adaptive_max_pool2d_backward(
+        values, indices, x.shape, backend=backend, data_format=data_format, out=out
+    )
+    assert good is out
