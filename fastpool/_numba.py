@@ -550,7 +550,14 @@ def _avg_fwd_cl_part(t, nt, x, out, oflat, D, H, W, cb):
                 if nw > 2:
                     for j in range(m):
                         part[j] = _pair(x, i, C, j)
-                    for w in range(2, nw):
+                    w4 = 2 + (nw - 2) // 4 * 4
+                    for w in range(2, w4, 4):  # four positions per pass, added in order
+                        q = i + w * C
+                        for j in range(m):
+                            part[j] = (part[j] + x[np.uint64(q + j)] + x[np.uint64(q + C + j)]
+                                       + x[np.uint64(q + 2 * C + j)]
+                                       + x[np.uint64(q + 3 * C + j)])
+                    for w in range(w4, nw):
                         for j in range(m):
                             part[j] += x[np.uint64(i + w * C + j)]
                 r += 1
