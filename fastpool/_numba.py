@@ -504,6 +504,73 @@ def _pair(x, i, C, j):
     return x[np.uint64(i + j)] + x[np.uint64(i + C + j)]
 
 
+@njit(error_model="numpy")
+def _avg_cl_window(x, dst, at, acc, part, n, d0, d1, h0, h1, w0, nw, c0, m, scale, D, H, W, C):
+    """One cell of :func:`_avg_fwd_cl_part`, any window: each window row summed in x's
+    precision (``part``), the rows in float64 (``acc``), the mean stored at ``dst[at:]``."""
+    rows = (d1 - d0) * (h1 - h0)
+    r = 0
+    for d in range(d0, d1):
+        for h in range(h0, h1):
+            # Unsigned indices: no wraparound check, and no slice to build per row.
+            i = (((n * D + d) * H + h) * W + w0) * C + c0
+            if nw > 2:
+                for j in range(m):
+                    part[j] = _pair(x, i, C, j)
+                w4 = 2 + (nw - 2) // 4 * 4
+                for w in range(2, w4, 4):  # four positions per pass, added in order
+                    q = i + w * C
+                    for j in range(m):
+                        part[j] = (part[j] + x[np.uint64(q + j)] + x[np.uint64(q + C + j)]
+                                   + x[np.uint64(q + 2 * C + j)]
+                                   + x[np.uint64(q + 3 * C + j)])
+                for w in range(w4, nw):
+                    for j in range(m):
+                        part[j] += x[np.uint64(i + w * C + j)]
+            r += 1
+            # the row's sum is x[i + j] (+ x[i + C + j]) or part[j], in x's precision
+            if r == 1 and r == rows:
+                if nw == 1:
+                    for j in range(m):
+                        dst[np.uint64(at + j)] = (0.0 + x[np.uint64(i + j)]) * scale
+                elif nw == 2:
+                    for j in range(m):
+                        dst[np.uint64(at + j)] = (0.0 + _pair(x, i, C, j)) * scale
+                else:
+                    for j in range(m):
+                        dst[np.uint64(at + j)] = (0.0 + part[j]) * scale
+            elif r == 1:
+                if nw == 1:
+                    for j in range(m):
+                        acc[j] = 0.0 + x[np.uint64(i + j)]
+                elif nw == 2:
+                    for j in range(m):
+                        acc[j] = 0.0 + _pair(x, i, C, j)
+                else:
+                    for j in range(m):
+                        acc[j] = 0.0 + part[j]
+            elif r < rows:
+                if nw == 1:
+                    for j in range(m):
+                        acc[j] += x[np.uint64(i + j)]
+                elif nw == 2:
+                    for j in range(m):
+                        acc[j] += _pair(x, i, C, j)
+                else:
+                    for j in range(m):
+                        acc[j] += part[j]
+            else:
+                if nw == 1:
+                    for j in range(m):
+                        dst[np.uint64(at + j)] = (acc[j] + x[np.uint64(i + j)]) * scale
+                elif nw == 2:
+                    for j in range(m):
+                        dst[np.uint64(at + j)] = (acc[j] + _pair(x, i, C, j)) * scale
+                else:
+                    for j in range(m):
+                        dst[np.uint64(at + j)] = (acc[j] + part[j]) * scale
+
+
 @_kernel("in", "any", "out", "int", "int", "int", "int")
 def _avg_fwd_cl(nt, x, out, oflat, D, H, W, cb):
     for t in prange(nt):
@@ -542,66 +609,29 @@ def _avg_fwd_cl_part(t, nt, x, out, oflat, D, H, W, cb):
         rows = (de[od] - ds[od]) * (he[oh] - hs[oh])
         scale = 1.0 / (rows * nw)
         at = k * C + c0 if direct else 0
-        r = 0
-        for d in range(ds[od], de[od]):
-            for h in range(hs[oh], he[oh]):
-                # Unsigned indices: no wraparound check, and no slice to build per row.
-                i = (((n * D + d) * H + h) * W + w0) * C + c0
-                if nw > 2:
-                    for j in range(m):
-                        part[j] = _pair(x, i, C, j)
-                    w4 = 2 + (nw - 2) // 4 * 4
-                    for w in range(2, w4, 4):  # four positions per pass, added in order
-                        q = i + w * C
-                        for j in range(m):
-                            part[j] = (part[j] + x[np.uint64(q + j)] + x[np.uint64(q + C + j)]
-                                       + x[np.uint64(q + 2 * C + j)]
-                                       + x[np.uint64(q + 3 * C + j)])
-                    for w in range(w4, nw):
-                        for j in range(m):
-                            part[j] += x[np.uint64(i + w * C + j)]
-                r += 1
-                # the row's sum is x[i + j] (+ x[i + C + j]) or part[j], in x's precision
-                if r == 1 and r == rows:
-                    if nw == 1:
-                        for j in range(m):
-                            dst[np.uint64(at + j)] = (0.0 + x[np.uint64(i + j)]) * scale
-                    elif nw == 2:
-                        for j in range(m):
-                            dst[np.uint64(at + j)] = (0.0 + _pair(x, i, C, j)) * scale
-                    else:
-                        for j in range(m):
-                            dst[np.uint64(at + j)] = (0.0 + part[j]) * scale
-                elif r == 1:
-                    if nw == 1:
-                        for j in range(m):
-                            acc[j] = 0.0 + x[np.uint64(i + j)]
-                    elif nw == 2:
-                        for j in range(m):
-                            acc[j] = 0.0 + _pair(x, i, C, j)
-                    else:
-                        for j in range(m):
-                            acc[j] = 0.0 + part[j]
-                elif r < rows:
-                    if nw == 1:
-                        for j in range(m):
-                            acc[j] += x[np.uint64(i + j)]
-                    elif nw == 2:
-                        for j in range(m):
-                            acc[j] += _pair(x, i, C, j)
-                    else:
-                        for j in range(m):
-                            acc[j] += part[j]
-                else:
-                    if nw == 1:
-                        for j in range(m):
-                            dst[np.uint64(at + j)] = (acc[j] + x[np.uint64(i + j)]) * scale
-                    elif nw == 2:
-                        for j in range(m):
-                            dst[np.uint64(at + j)] = (acc[j] + _pair(x, i, C, j)) * scale
-                    else:
-                        for j in range(m):
-                            dst[np.uint64(at + j)] = (acc[j] + part[j]) * scale
+        if rows <= 2 and nw <= 2:
+            # up to two rows of one or two positions (upsampling, small maps): one loop, the
+            # same sums in the same order as the general case (whose per-cell set-up of
+            # several loops costs more than the additions here)
+            i = (((n * D + ds[od]) * H + hs[oh]) * W + w0) * C + c0
+            i2 = i + (H * W * C if de[od] - ds[od] == 2 else W * C)  # the second row
+            if rows == 1 and nw == 1:
+                for j in range(m):
+                    dst[np.uint64(at + j)] = (0.0 + x[np.uint64(i + j)]) * scale
+            elif rows == 1:
+                for j in range(m):
+                    dst[np.uint64(at + j)] = (0.0 + _pair(x, i, C, j)) * scale
+            elif nw == 1:
+                for j in range(m):
+                    dst[np.uint64(at + j)] = ((0.0 + x[np.uint64(i + j)])
+                                              + x[np.uint64(i2 + j)]) * scale
+            else:
+                for j in range(m):
+                    dst[np.uint64(at + j)] = ((0.0 + _pair(x, i, C, j))
+                                              + _pair(x, i2, C, j)) * scale
+        else:
+            _avg_cl_window(x, dst, at, acc, part, n, ds[od], de[od], hs[oh], he[oh], w0, nw,
+                           c0, m, scale, D, H, W, C)
         if not direct:
             o = out[n, c0 : c0 + m, od, oh, ow]
             for j in range(m):
@@ -682,17 +712,19 @@ def _avg_fwd_cl_rows_part(t, nt, x, out, oflat, D, H, W, cb):
 # One work item per output cell and block of channels, as above.
 
 
-@_kernel("in", "any", "any", "in", "int", "int", "int", "int")
-def _max_fwd_cl(nt, x, out, indices, itype, D, H, W, cb):
+@_kernel("in", "any", "any", "out", "out", "in", "int", "int", "int", "int")
+def _max_fwd_cl(nt, x, out, indices, oflat, iflat, itype, D, H, W, cb):
     for t in prange(nt):
-        _max_fwd_cl_part(np.int64(t), nt, x, out, indices, itype, D, H, W, cb)
+        _max_fwd_cl_part(np.int64(t), nt, x, out, indices, oflat, iflat, itype, D, H, W, cb)
 
 
 @njit(error_model="numpy")
-def _max_fwd_cl_part(t, nt, x, out, indices, itype, D, H, W, cb):
-    """``x``: (N*D*H*W*C,), channels innermost. Positions are held as ``itype`` while
-    scanning, as in :func:`_max_fwd_planar`. The running maxima go back and forth between two
-    buffers: updating one in place makes LLVM emit masked stores, which are slow."""
+def _max_fwd_cl_part(t, nt, x, out, indices, oflat, iflat, itype, D, H, W, cb):
+    """``x``: (N*D*H*W*C,), channels innermost. Windows of up to two rows of up to two
+    positions (upsampling, small maps) are scanned in one loop across the channels, the
+    maximum and position held in registers; larger ones by :func:`_max_cl_window`. Results
+    go straight to ``oflat`` and ``iflat`` when the outputs are contiguous channels-last,
+    else through ``vbuf`` and ``ibuf``."""
     N, C, Do, Ho, Wo = out.shape
     blocks = (C + cb - 1) // cb
     cells = N * Do * Ho * Wo
@@ -701,43 +733,100 @@ def _max_fwd_cl_part(t, nt, x, out, indices, itype, D, H, W, cb):
     ws, we = _bounds(W, Wo)
     best = np.empty((2, cb), x.dtype)
     where = np.empty((2, cb), itype.dtype)
+    vbuf = np.empty(cb, out.dtype)
+    ibuf = np.empty(cb, np.int64)
+    direct = len(oflat) > 0
+    vout = oflat if direct else vbuf
+    iout = iflat if direct else ibuf
     first, last = _chunk(t, blocks * cells, nt)
     b = first // cells
-    n, od, oh, ow = _unravel(first - b * cells, Do, Ho, Wo)
+    k = first - b * cells
+    n, od, oh, ow = _unravel(k, Do, Ho, Wo)
     for _ in range(first, last):
         c0 = b * cb
         m = min(cb, C - c0)
-        plane = n * D * H * W
-        # Start from the window's first element; scanning it again is a no-op.
-        flat = (ds[od] * H + hs[oh]) * W + ws[ow]
-        a = x[(plane + flat) * C + c0 : (plane + flat) * C + c0 + m]
-        cur = 0
-        sv, si = best[0], where[0]
-        for j in range(m):
-            sv[j] = a[j]
-            si[j] = flat
-        for d in range(ds[od], de[od]):
-            for h in range(hs[oh], he[oh]):
-                for w in range(ws[ow], we[ow]):
-                    flat = (d * H + h) * W + w
-                    a = x[(plane + flat) * C + c0 : (plane + flat) * C + c0 + m]
-                    sv, si = best[cur], where[cur]
-                    dv, di = best[1 - cur], where[1 - cur]
-                    cur = 1 - cur
-                    for j in range(m):
-                        v, bv, bi = a[j], sv[j], si[j]
-                        take = (v > bv) | (v != v)
-                        dv[j] = v if take else bv
-                        di[j] = flat if take else bi
-        sv, si = best[cur], where[cur]
-        dst = out[n, c0 : c0 + m, od, oh, ow]
-        idst = indices[n, c0 : c0 + m, od, oh, ow]
-        for j in range(m):
-            dst[j] = sv[j]
-            idst[j] = si[j]
+        at = k * C + c0 if direct else 0
+        nw = we[ow] - ws[ow]
+        rows = (de[od] - ds[od]) * (he[oh] - hs[oh])
+        f0 = (ds[od] * H + hs[oh]) * W + ws[ow]  # the window's first position
+        i = (n * D * H * W + f0) * C + c0
+        if rows * nw == 1:
+            for j in range(m):
+                vout[np.uint64(at + j)] = x[np.uint64(i + j)]
+                iout[np.uint64(at + j)] = f0
+        elif rows * nw == 2:  # positions f0 and f1, in scan order
+            f1 = f0 + 1 if nw == 2 else f0 + (H * W if de[od] - ds[od] == 2 else W)
+            i1 = i + (f1 - f0) * C
+            for j in range(m):
+                v, a = x[np.uint64(i + j)], x[np.uint64(i1 + j)]
+                take = (a > v) | (a != a)
+                vout[np.uint64(at + j)] = a if take else v
+                iout[np.uint64(at + j)] = f1 if take else f0
+        elif rows == 2 and nw == 2:  # f0, f0 + 1, f2, f2 + 1
+            f2 = f0 + (H * W if de[od] - ds[od] == 2 else W)
+            i2 = i + (f2 - f0) * C
+            for j in range(m):
+                v, p = x[np.uint64(i + j)], f0
+                a = x[np.uint64(i + C + j)]
+                take = (a > v) | (a != a)
+                v, p = (a, f0 + 1) if take else (v, p)
+                a = x[np.uint64(i2 + j)]
+                take = (a > v) | (a != a)
+                v, p = (a, f2) if take else (v, p)
+                a = x[np.uint64(i2 + C + j)]
+                take = (a > v) | (a != a)
+                vout[np.uint64(at + j)] = a if take else v
+                iout[np.uint64(at + j)] = f2 + 1 if take else p
+        else:
+            _max_cl_window(x, best, where, n * D * H * W, ds[od], de[od], hs[oh], he[oh],
+                           ws[ow], we[ow], c0, m, H, W, C)
+            for j in range(m):
+                vout[np.uint64(at + j)] = best[0, j]
+                iout[np.uint64(at + j)] = where[0, j]
+        if not direct:
+            o = out[n, c0 : c0 + m, od, oh, ow]
+            io = indices[n, c0 : c0 + m, od, oh, ow]
+            for j in range(m):
+                o[j] = vbuf[j]
+                io[j] = ibuf[j]
+        k += 1
         n, od, oh, ow = _next(n, od, oh, ow, Do, Ho, Wo)
         if n == N:
-            n, b = 0, b + 1
+            n, b, k = 0, b + 1, 0
+
+
+@njit(error_model="numpy")
+def _max_cl_window(x, best, where, plane, d0, d1, h0, h1, w0, w1, c0, m, H, W, C):
+    """One cell of :func:`_max_fwd_cl_part`, any window, its result left in ``best[0]``
+    and ``where[0]``. Positions are held as ``where``'s type while scanning, as in
+    :func:`_max_fwd_planar`. The running maxima go back and forth between the two rows of
+    ``best`` and ``where``: updating one in place makes LLVM emit masked stores, which are
+    slow."""
+    # Start from the window's first element; scanning it again is a no-op.
+    flat = (d0 * H + h0) * W + w0
+    a = x[(plane + flat) * C + c0 : (plane + flat) * C + c0 + m]
+    cur = 0
+    sv, si = best[0], where[0]
+    for j in range(m):
+        sv[j] = a[j]
+        si[j] = flat
+    for d in range(d0, d1):
+        for h in range(h0, h1):
+            for w in range(w0, w1):
+                flat = (d * H + h) * W + w
+                a = x[(plane + flat) * C + c0 : (plane + flat) * C + c0 + m]
+                sv, si = best[cur], where[cur]
+                dv, di = best[1 - cur], where[1 - cur]
+                cur = 1 - cur
+                for j in range(m):
+                    v, bv, bi = a[j], sv[j], si[j]
+                    take = (v > bv) | (v != v)
+                    dv[j] = v if take else bv
+                    di[j] = flat if take else bi
+    if cur == 1:
+        for j in range(m):
+            best[0, j] = best[1, j]
+            where[0, j] = where[1, j]
 
 
 # ----------------------------------------------------------------- backward, planar layout
@@ -1335,6 +1424,7 @@ def _as_layout(a, channels_last):
 
 #: An empty output: "not contiguous channels-last, store through the 5-D array's strides".
 _EMPTY = {dt: np.empty(0, dt) for dt in NATIVE_DTYPES}
+_EMPTY_POSITIONS = np.empty(0, np.int64)
 
 
 def _writable(out):
@@ -1448,7 +1538,14 @@ def max_forward(x, out, indices):
     work = x.size + 2 * out.size
     if channels_last:
         cb = _channel_block(x, out)
-        _max_fwd_cl(work, xv.reshape(-1), target, itarget, _position_type(x), d, h, w, cb)
+        oflat, iflat = _channels_last(target), _channels_last(itarget)
+        if oflat is None or iflat is None:
+            oflat, iflat = _EMPTY[x.dtype], _EMPTY_POSITIONS
+        else:
+            oflat, iflat = oflat.reshape(-1), iflat.reshape(-1)
+        _max_fwd_cl(
+            work, xv.reshape(-1), target, itarget, oflat, iflat, _position_type(x), d, h, w, cb
+        )
     else:
         _max_fwd_planar(work, xv, target, itarget, _position_type(x), d, h, w)
     if target is not out:
