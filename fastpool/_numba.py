@@ -982,16 +982,18 @@ def _avg_bwd_cl_part(t, nt, go, gi, N, Do, Ho, Wo, D, H, W):
 
     ``acc`` holds the row of output cells covering the current input row, pre-divided by
     their window sizes; it is rebuilt only when those cells change. Along W, a run of
-    positions covered by the same cells gets one vector of values.
+    positions covered by the same cells gets one vector of values. Flat indices throughout:
+    a row slice per cell costs more than its work on small maps.
     """
     C = gi.shape[1]
+    gof, gif = go.reshape(go.size), gi.reshape(gi.size)
     ds, de = _bounds(D, Do)
     hs, he = _bounds(H, Ho)
     ws, we = _bounds(W, Wo)
     cds, cde = _bounds(Do, D)
     chs, che = _bounds(Ho, H)
     starts, cfirst, cend = _runs(W, Wo)
-    acc = np.empty((Wo, C), np.float64)
+    acc = np.empty(Wo * C, np.float64)
     col = np.empty(C, np.float64)
     key = (-1, -1, -1, -1, -1)
     first, last = _chunk(t, N * D * H, nt)
@@ -1003,42 +1005,41 @@ def _avg_bwd_cl_part(t, nt, go, gi, N, Do, Ho, Wo, D, H, W):
             for od in range(cds[d], cde[d]):
                 for oh in range(chs[h], che[h]):
                     size = (de[od] - ds[od]) * (he[oh] - hs[oh])
-                    base = ((n * Do + od) * Ho + oh) * Wo
+                    base = ((n * Do + od) * Ho + oh) * Wo * C
                     for ow in range(Wo):
-                        g, a = go[base + ow], acc[ow]
+                        g, a = base + ow * C, ow * C
                         weight = 1.0 / (size * (we[ow] - ws[ow]))
                         if start:
                             for c in range(C):
-                                a[c] = 0.0 + g[c] * weight
+                                acc[np.uint64(a + c)] = 0.0 + gof[np.uint64(g + c)] * weight
                         else:
                             for c in range(C):
-                                a[c] += g[c] * weight
+                                acc[np.uint64(a + c)] += gof[np.uint64(g + c)] * weight
                     start = False
         base = ((n * D + d) * H + h) * W
         for r in range(len(cfirst)):
             # the run's first element gets the sum, the others a copy of it
             o0, o1 = cfirst[r], cend[r]
-            dst, a = gi[base + starts[r]], acc[o0]
+            at, a = (base + starts[r]) * C, o0 * C
             if o1 - o0 == 1:
                 for c in range(C):
-                    dst[c] = 0.0 + a[c]
+                    gif[np.uint64(at + c)] = 0.0 + acc[np.uint64(a + c)]
             elif o1 - o0 == 2:
-                b = acc[o0 + 1]
                 for c in range(C):
-                    dst[c] = (0.0 + a[c]) + b[c]
+                    u, v = acc[np.uint64(a + c)], acc[np.uint64(a + C + c)]
+                    gif[np.uint64(at + c)] = (0.0 + u) + v
             else:
                 for c in range(C):
-                    col[c] = 0.0 + a[c]
+                    col[c] = 0.0 + acc[np.uint64(a + c)]
                 for ow in range(o0 + 1, o1):
-                    a = acc[ow]
                     for c in range(C):
-                        col[c] += a[c]
+                        col[c] += acc[np.uint64(ow * C + c)]
                 for c in range(C):
-                    dst[c] = col[c]
+                    gif[np.uint64(at + c)] = col[c]
             for w in range(starts[r] + 1, starts[r + 1]):
-                other = gi[base + w]
+                o = (base + w) * C
                 for c in range(C):
-                    other[c] = dst[c]
+                    gif[np.uint64(o + c)] = gif[np.uint64(at + c)]
         _, n, d, h = _next(0, n, d, h, N, D, H)
 
 
@@ -1048,12 +1049,21 @@ def _max_bwd_cl(nt, go, indices, gi, N, Do, Ho, Wo, D, H, W):
         _max_bwd_cl_part(np.int64(t), nt, go, indices, gi, N, Do, Ho, Wo, D, H, W)
 
 
+@njit(inline="always")
+def _hit(g, ix, q, flat):
+    """The gradient ``g[q]`` if its cell's index ``ix[q]`` is ``flat``, else 0.0."""
+    return g[np.uint64(q)] if ix[np.uint64(q)] == flat else 0.0
+
+
 @njit(error_model="numpy")
 def _max_bwd_cl_part(t, nt, go, indices, gi, N, Do, Ho, Wo, D, H, W):
     """One work item per input row ``(n, d, h)``; each element sums, in output order, the
     gradients of the covering cells whose index is its own position (a select: vectorises
-    across channels)."""
+    across channels). Up to two rows of up to three covering cells (small maps, upsampling)
+    take one loop per element; more go to :func:`_max_bwd_cl_cells`. Flat indices, as in
+    :func:`_avg_bwd_cl_part`."""
     C = gi.shape[1]
+    gof, ixf, gif = go.reshape(go.size), indices.reshape(indices.size), gi.reshape(gi.size)
     cds, cde = _bounds(Do, D)
     chs, che = _bounds(Ho, H)
     cws, cwe = _bounds(Wo, W)
@@ -1064,28 +1074,77 @@ def _max_bwd_cl_part(t, nt, go, indices, gi, N, Do, Ho, Wo, D, H, W):
         base = ((n * D + d) * H + h) * W
         for w in range(W):
             flat = (d * H + h) * W + w
-            dst = gi[base + w]
-            # the first covering cell starts the sums, the last one adds into the output
-            k, cells = 0, (cde[d] - cds[d]) * (che[h] - chs[h]) * (cwe[w] - cws[w])
-            for od in range(cds[d], cde[d]):
-                for oh in range(chs[h], che[h]):
-                    for ow in range(cws[w], cwe[w]):
-                        cell = ((n * Do + od) * Ho + oh) * Wo + ow
-                        g, ix = go[cell], indices[cell]
-                        k += 1
-                        if k == 1 and k == cells:
-                            for c in range(C):
-                                dst[c] = 0.0 + (g[c] if ix[c] == flat else 0.0)
-                        elif k == 1:
-                            for c in range(C):
-                                col[c] = 0.0 + (g[c] if ix[c] == flat else 0.0)
-                        elif k < cells:
-                            for c in range(C):
-                                col[c] += g[c] if ix[c] == flat else 0.0
-                        else:
-                            for c in range(C):
-                                dst[c] = col[c] + (g[c] if ix[c] == flat else 0.0)
+            nw = cwe[w] - cws[w]
+            rows = (cde[d] - cds[d]) * (che[h] - chs[h])
+            at = (base + w) * C
+            q = (((n * Do + cds[d]) * Ho + chs[h]) * Wo + cws[w]) * C  # first covering cell
+            if rows == 1 and nw <= 3:
+                if nw == 1:
+                    for c in range(C):
+                        gif[np.uint64(at + c)] = 0.0 + _hit(gof, ixf, q + c, flat)
+                elif nw == 2:
+                    for c in range(C):
+                        s = 0.0 + _hit(gof, ixf, q + c, flat)
+                        gif[np.uint64(at + c)] = s + _hit(gof, ixf, q + C + c, flat)
+                else:
+                    for c in range(C):
+                        s = 0.0 + _hit(gof, ixf, q + c, flat)
+                        s += _hit(gof, ixf, q + C + c, flat)
+                        gif[np.uint64(at + c)] = s + _hit(gof, ixf, q + 2 * C + c, flat)
+            elif rows == 2 and nw <= 3:
+                # the second covering row of cells: next along H, else along D
+                q2 = q + (Wo * C if che[h] - chs[h] == 2 else Ho * Wo * C)
+                if nw == 1:
+                    for c in range(C):
+                        s = 0.0 + _hit(gof, ixf, q + c, flat)
+                        gif[np.uint64(at + c)] = s + _hit(gof, ixf, q2 + c, flat)
+                elif nw == 2:
+                    for c in range(C):
+                        s = 0.0 + _hit(gof, ixf, q + c, flat)
+                        s += _hit(gof, ixf, q + C + c, flat)
+                        s += _hit(gof, ixf, q2 + c, flat)
+                        gif[np.uint64(at + c)] = s + _hit(gof, ixf, q2 + C + c, flat)
+                else:
+                    for c in range(C):
+                        s = 0.0 + _hit(gof, ixf, q + c, flat)
+                        s += _hit(gof, ixf, q + C + c, flat)
+                        s += _hit(gof, ixf, q + 2 * C + c, flat)
+                        s += _hit(gof, ixf, q2 + c, flat)
+                        s += _hit(gof, ixf, q2 + C + c, flat)
+                        gif[np.uint64(at + c)] = s + _hit(gof, ixf, q2 + 2 * C + c, flat)
+            else:
+                _max_bwd_cl_cells(gof, ixf, gif, col, at, n, cds[d], cde[d], chs[h], che[h],
+                                  cws[w], nw, flat, Do, Ho, Wo, C)
         _, n, d, h = _next(0, n, d, h, N, D, H)
+
+
+@njit(error_model="numpy")
+def _max_bwd_cl_cells(gof, ixf, gif, col, at, n, od0, od1, oh0, oh1, ow0, nw, flat, Do, Ho, Wo,
+                      C):
+    """One element of :func:`_max_bwd_cl_part`, any covering cells: ``col`` sums them, one
+    loop per covering row adding up to three cells (the same additions in the same order)."""
+    for c in range(C):
+        col[c] = 0.0  # 0.0 + the first term, as the SPEC's loop starts
+    for od in range(od0, od1):
+        for oh in range(oh0, oh1):
+            q = (((n * Do + od) * Ho + oh) * Wo + ow0) * C
+            if nw == 1:
+                for c in range(C):
+                    col[c] += _hit(gof, ixf, q + c, flat)
+            elif nw == 2:
+                for c in range(C):
+                    s = col[c] + _hit(gof, ixf, q + c, flat)
+                    col[c] = s + _hit(gof, ixf, q + C + c, flat)
+            else:
+                for c in range(C):
+                    s = col[c] + _hit(gof, ixf, q + c, flat)
+                    s += _hit(gof, ixf, q + C + c, flat)
+                    col[c] = s + _hit(gof, ixf, q + 2 * C + c, flat)
+                for ow in range(3, nw):
+                    for c in range(C):
+                        col[c] += _hit(gof, ixf, q + ow * C + c, flat)
+    for c in range(C):
+        gif[np.uint64(at + c)] = col[c]
 
 
 # ------------------------------------------------------------------ small planes, any layout
