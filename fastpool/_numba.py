@@ -34,6 +34,9 @@ import numpy as np
 from numba import njit, prange, types
 
 NATIVE_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+#: ``max_backward`` checks the indices itself (in parallel, before any write) and returns
+#: False when one lies outside the plane; the caller raises.
+CHECKS_INDICES = True
 
 # ----------------------------------------------------------------------------- threads
 # Numba's ``workqueue`` layer aborts the process when two Python threads enter parallel code
@@ -1147,6 +1150,25 @@ def _max_bwd_cl_cells(gof, ixf, gif, col, at, n, od0, od1, oh0, oh1, ow0, nw, fl
         gif[np.uint64(at + c)] = col[c]
 
 
+@_kernel("in", "out", "int")
+def _positions_bad(nt, ix, bad, plane):
+    for t in prange(nt):
+        _positions_bad_part(np.int64(t), nt, ix, bad, plane)
+
+
+@njit(error_model="numpy")
+def _positions_bad_part(t, nt, ix, bad, plane):
+    """``bad[t]``: whether thread ``t``'s share of ``ix`` holds a position outside
+    ``[0, plane)`` (as unsigned, a negative one is huge; no early exit)."""
+    first, last = _chunk(t, len(ix), nt)
+    a = ix[first:last]
+    top = np.uint64(0)
+    for i in range(len(a)):  # the largest as unsigned: vectorises
+        v = np.uint64(a[i])
+        top = v if v > top else top
+    bad[t] = top >= np.uint64(plane)
+
+
 # ------------------------------------------------------------------ small planes, any layout
 # Planes of a few hundred elements (upsampling, small feature maps): per-row and per-window
 # overheads of the kernels above dominate there, and a layout copy costs more than the
@@ -1615,7 +1637,8 @@ def max_forward(x, out, indices):
 
 def _backward(kind, inputs, grad_input):
     """Run the kernel of ``grad_input``'s layout (through a temporary for other strides).
-    Both layouts give the same bits: sums run over the same terms in the same order."""
+    Both layouts give the same bits: sums run over the same terms in the same order. False,
+    with nothing written, when a max index lies outside the plane."""
     n, c, d, h, w = grad_input.shape
     _, _, do, ho, wo = inputs[0].shape
     work = grad_input.size + len(inputs) * inputs[0].size
@@ -1628,13 +1651,17 @@ def _backward(kind, inputs, grad_input):
         gi_planar = None if _is_channels_last(grad_input) else _planar(grad_input)
         if kind == "max" and gi_planar is not None and flats[1][1] == sc == 1:
             # a scatter into whole planes, four at a time, beats the channel blocks here
+            if not _positions_ok(flats[1][0], d * h * w):
+                return False
             _max_bwd_whole(work, flats[0][0], flats[1][0], gi_planar, c, sc)
-            return
+            return True
         if len({sc for _, sc in flats}) == 1:
             kernel = _avg_bwd_small if kind == "avg" else _max_bwd_small
             args = [f for f, _ in flats]
+            if kind == "max" and not _positions_ok(args[1], d * h * w):
+                return False
             kernel(work, *args, grad_input, do, ho, wo, sc, _block(grad_input))
-            return
+            return True
     channels_last = _is_channels_last(grad_input)
     view = _channels_last(grad_input) if channels_last else _planar(grad_input)
     target = view
@@ -1642,6 +1669,8 @@ def _backward(kind, inputs, grad_input):
         target = np.empty((n, d, h, w, c) if channels_last else (n, c, d, h, w), grad_input.dtype)
         target = target.reshape(-1, c) if channels_last else target.reshape(n * c, -1)
     args = [_as_layout(a, channels_last) for a in inputs]
+    if kind == "max" and not _positions_ok(args[1].reshape(-1), d * h * w):
+        return False
     if channels_last:
         kernel = _avg_bwd_cl if kind == "avg" else _max_bwd_cl
         kernel(work, *args, target, n, do, ho, wo, d, h, w)
@@ -1655,6 +1684,16 @@ def _backward(kind, inputs, grad_input):
             grad_input[...] = target.reshape(n, d, h, w, c).transpose(0, 4, 1, 2, 3)
         else:
             grad_input[...] = target.reshape(n, c, d, h, w)
+    return True
+
+
+def _positions_ok(ix, plane):
+    """Whether every position of the flat C-contiguous ``ix`` lies in ``[0, plane)``: one
+    parallel read (the same split as the kernels' for contiguous indices, so mostly by the
+    thread that then reads them again), before anything is written."""
+    bad = np.zeros(numba.config.NUMBA_NUM_THREADS, np.bool_)
+    _positions_bad(ix.size, ix, bad, plane)
+    return not bad.any()
 
 
 #: Elements per slab of the planar max backward: its float64 buffer stays in L1.
@@ -1667,5 +1706,6 @@ def avg_backward(grad_output, grad_input):
 
 
 def max_backward(grad_output, indices, grad_input):
-    """``grad_input.plane[indices[o]] += grad_output[o]``, summed in output order."""
-    _backward("max", [grad_output, indices], grad_input)
+    """``grad_input.plane[indices[o]] += grad_output[o]``, summed in output order; False,
+    with nothing written, when an index lies outside the plane."""
+    return _backward("max", [grad_output, indices], grad_input)
