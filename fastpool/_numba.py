@@ -934,8 +934,11 @@ def _max_bwd_planar(nt, go, indices, gi, Do, Ho, Wo, D, H, W, R):
 def _max_bwd_planar_part(t, nt, go, indices, gi, Do, Ho, Wo, D, H, W, R):
     """One work item per slab of ``R`` input rows of a plane, summed in an L1-sized buffer:
     every output cell that may cover the slab adds its gradient at its index when that falls
-    in the slab, in output order (the order of the SPEC's loop), then the slab is stored."""
+    in the slab, in output order (the order of the SPEC's loop), then the slab is stored.
+    Flat indices (no row views to build per plane: small planes are mostly that)."""
     P = gi.shape[0]
+    size, cells = D * H * W, Do * Ho * Wo
+    gof, ixf, gif = go.reshape(go.size), indices.reshape(indices.size), gi.reshape(gi.size)
     slabs = (D * H + R - 1) // R
     cds, cde = _bounds(Do, D)
     chs, che = _bounds(Ho, H)
@@ -946,11 +949,17 @@ def _max_bwd_planar_part(t, nt, go, indices, gi, Do, Ho, Wo, D, H, W, R):
         r0 = s * R
         r1 = min(r0 + R, D * H)
         lo, m = r0 * W, (r1 - r0) * W
-        buf[:m] = 0.0
-        if m == D * H * W:  # the slab is the plane: every index falls in it (validated)
-            g, ix = go[p], indices[p]
-            for o in range(len(g)):
-                buf[ix[o]] += g[o]
+        if cells == 1:  # global pooling: one pass writes the slab (0.0 + g: no -0.0)
+            g, ix, at = 0.0 + gof[np.uint64(p)], ixf[np.uint64(p)] - lo, p * size + lo
+            for j in range(m):
+                gif[np.uint64(at + j)] = g if j == ix else 0.0
+            _, _, p, s = _next(0, 0, p, s, 1, P, slabs)
+            continue
+        for j in range(m):
+            buf[j] = 0.0
+        if m == size:  # the slab is the plane: every index falls in it (validated)
+            for o in range(p * cells, (p + 1) * cells):
+                buf[np.uint64(ixf[np.uint64(o)])] += gof[np.uint64(o)]
         else:
             da, db = r0 // H, (r1 - 1) // H
             oh0, oh1 = 0, Ho
@@ -958,15 +967,14 @@ def _max_bwd_planar_part(t, nt, go, indices, gi, Do, Ho, Wo, D, H, W, R):
                 oh0, oh1 = chs[r0 - da * H], che[r1 - 1 - da * H]
             for od in range(cds[da], cde[db]):
                 for oh in range(oh0, oh1):
-                    cells = slice((od * Ho + oh) * Wo, (od * Ho + oh + 1) * Wo)
-                    g, ix = go[p, cells], indices[p, cells]
-                    for ow in range(Wo):
-                        j = ix[ow] - lo
+                    row = p * cells + (od * Ho + oh) * Wo
+                    for o in range(row, row + Wo):
+                        j = ixf[np.uint64(o)] - lo
                         if 0 <= j < m:
-                            buf[j] += g[ow]
-        dst = gi[p, lo : lo + m]
+                            buf[np.uint64(j)] += gof[np.uint64(o)]
+        at = p * size + lo
         for j in range(m):
-            dst[j] = buf[j]
+            gif[np.uint64(at + j)] = buf[j]
         _, _, p, s = _next(0, 0, p, s, 1, P, slabs)
 
 
