@@ -981,6 +981,14 @@ def _max_bwd_planar_part(t, nt, go, indices, gi, Do, Ho, Wo, D, H, W, R):
 # ---------------------------------------------------------- backward, channels-last layout
 
 
+@njit(inline="always")
+def _weight(wts, table, od, oh, ow, Ho, Wo, ds, de, hs, he, ws, we):
+    """1 / size of the window of output cell (od, oh, ow), from ``wts`` when ``table``."""
+    if table:
+        return wts[(od * Ho + oh) * Wo + ow]
+    return 1.0 / ((de[od] - ds[od]) * (he[oh] - hs[oh]) * (we[ow] - ws[ow]))
+
+
 @_kernel("in", "out", "int", "int", "int", "int", "int", "int", "int")
 def _avg_bwd_cl(nt, go, gi, N, Do, Ho, Wo, D, H, W):
     for t in prange(nt):
@@ -1004,29 +1012,27 @@ def _avg_bwd_cl_part(t, nt, go, gi, N, Do, Ho, Wo, D, H, W):
     cds, cde = _bounds(Do, D)
     chs, che = _bounds(Ho, H)
     starts, cfirst, cend = _runs(W, Wo)
+    first, last = _chunk(t, N * D * H, nt)
+    # 1 / window size per output cell, computed once where the rows of this share use each
+    # cell's at least about once (divisions cost more than the small rows they scale)
+    table = Do * Ho <= last - first and Do * Ho * Wo <= _WEIGHTS_MAX
+    wts = np.empty(Do * Ho * Wo if table else 0, np.float64)
+    if table:
+        k = 0
+        for od in range(Do):
+            for oh in range(Ho):
+                for ow in range(Wo):
+                    wts[k] = _weight(wts, False, od, oh, ow, Ho, Wo, ds, de, hs, he, ws, we)
+                    k += 1
     acc = np.empty(Wo * C, np.float64)
     col = np.empty(C, np.float64)
     key = (-1, -1, -1, -1, -1)
-    first, last = _chunk(t, N * D * H, nt)
     _, n, d, h = _unravel(first, N, D, H)
     for _ in range(first, last):
         if (n, cds[d], cde[d], chs[h], che[h]) != key:
             key = (n, cds[d], cde[d], chs[h], che[h])
-            start = True  # the first covering row of cells starts the sums (no zero-fill)
-            for od in range(cds[d], cde[d]):
-                for oh in range(chs[h], che[h]):
-                    size = (de[od] - ds[od]) * (he[oh] - hs[oh])
-                    base = ((n * Do + od) * Ho + oh) * Wo * C
-                    for ow in range(Wo):
-                        g, a = base + ow * C, ow * C
-                        weight = 1.0 / (size * (we[ow] - ws[ow]))
-                        if start:
-                            for c in range(C):
-                                acc[np.uint64(a + c)] = 0.0 + gof[np.uint64(g + c)] * weight
-                        else:
-                            for c in range(C):
-                                acc[np.uint64(a + c)] += gof[np.uint64(g + c)] * weight
-                    start = False
+            _avg_bwd_cl_acc(gof, acc, wts, table, n, cds[d], cde[d], chs[h], che[h], Do, Ho,
+                            Wo, C, ds, de, hs, he, ws, we)
         base = ((n * D + d) * H + h) * W
         for r in range(len(cfirst)):
             # the run's first element gets the sum, the others a copy of it
@@ -1039,6 +1045,10 @@ def _avg_bwd_cl_part(t, nt, go, gi, N, Do, Ho, Wo, D, H, W):
                 for c in range(C):
                     u, v = acc[np.uint64(a + c)], acc[np.uint64(a + C + c)]
                     gif[np.uint64(at + c)] = (0.0 + u) + v
+            elif o1 - o0 == 3:
+                for c in range(C):
+                    u, v = acc[np.uint64(a + c)], acc[np.uint64(a + C + c)]
+                    gif[np.uint64(at + c)] = ((0.0 + u) + v) + acc[np.uint64(a + 2 * C + c)]
             else:
                 for c in range(C):
                     col[c] = 0.0 + acc[np.uint64(a + c)]
@@ -1052,6 +1062,41 @@ def _avg_bwd_cl_part(t, nt, go, gi, N, Do, Ho, Wo, D, H, W):
                 for c in range(C):
                     gif[np.uint64(o + c)] = gif[np.uint64(at + c)]
         _, n, d, h = _next(0, n, d, h, N, D, H)
+
+
+@njit(error_model="numpy")
+def _avg_bwd_cl_acc(gof, acc, wts, table, n, od0, od1, oh0, oh1, Do, Ho, Wo, C, ds, de, hs, he,
+                    ws, we):
+    """``acc[ow * C + c]``: the weighted gradients of the cells (od0:od1, oh0:oh1, ow) summed
+    in output order, for :func:`_avg_bwd_cl_part` (a function of its own: the hot loop
+    there stays small)."""
+    # The first two covering rows of cells in one pass (the first starts the sums: no
+    # zero-fill), any further rows added after it, in order.
+    nh = oh1 - oh0
+    rows = (od1 - od0) * nh
+    od, oh = od0, oh0
+    od2, oh2 = (od, oh + 1) if nh > 1 else (od + 1, oh)
+    b1 = ((n * Do + od) * Ho + oh) * Wo * C
+    b2 = ((n * Do + od2) * Ho + oh2) * Wo * C
+    for ow in range(Wo):
+        a = ow * C
+        w1 = _weight(wts, table, od, oh, ow, Ho, Wo, ds, de, hs, he, ws, we)
+        if rows == 1:
+            for c in range(C):
+                acc[np.uint64(a + c)] = 0.0 + gof[np.uint64(b1 + a + c)] * w1
+        else:
+            w2 = _weight(wts, table, od2, oh2, ow, Ho, Wo, ds, de, hs, he, ws, we)
+            for c in range(C):
+                v = 0.0 + gof[np.uint64(b1 + a + c)] * w1
+                acc[np.uint64(a + c)] = v + gof[np.uint64(b2 + a + c)] * w2
+    for k in range(2, rows):
+        od, oh = od0 + k // nh, oh0 + k % nh
+        b1 = ((n * Do + od) * Ho + oh) * Wo * C
+        for ow in range(Wo):
+            a = ow * C
+            w1 = _weight(wts, table, od, oh, ow, Ho, Wo, ds, de, hs, he, ws, we)
+            for c in range(C):
+                acc[np.uint64(a + c)] += gof[np.uint64(b1 + a + c)] * w1
 
 
 @_kernel("in", "in", "out", "int", "int", "int", "int", "int", "int", "int")
@@ -1703,6 +1748,9 @@ def _positions_ok(ix, plane):
     _positions_bad(ix.size, ix, bad, plane)
     return not bad.any()
 
+
+#: Most output cells whose reciprocal window sizes the average backward keeps in a table.
+_WEIGHTS_MAX = 1 << 16
 
 #: Elements per slab of the planar max backward: its float64 buffer stays in L1.
 _SLAB = 2048
