@@ -435,8 +435,8 @@ def _max_fwd_planar_part(t, nt, x, out, indices, itype, D, H, W):
     ds, de = _bounds(D, Do)
     hs, he = _bounds(H, Ho)
     ws, we = _bounds(W, Wo)
-    best = np.empty((2, W), x.dtype)
-    where = np.empty((2, W), itype.dtype)
+    bv_ = np.empty(W, x.dtype)  # column maxima of the window's rows, and their positions
+    bi_ = np.empty(W, itype.dtype)
     first, last = _chunk(t, N * C * Do * Ho, nt)
     n, c, od, oh = _unravel(first, C, Do, Ho)
     for _ in range(first, last):
@@ -462,10 +462,9 @@ def _max_fwd_planar_part(t, nt, x, out, indices, itype, D, H, W):
             # Column maxima over the window's rows (scan order within each column), then
             # per output cell the best column; _better breaks ties by flat position, which
             # is exactly the row-major scan order of the whole window.
+            # Updated in place by a select that is always stored (as in _max_cl_window).
             lo = d0 * HW + h0 * W
             row = xp[lo : lo + W]
-            cur = 0
-            bv_, bi_ = best[0], where[0]
             for w in range(W):
                 bv_[w] = row[w]
                 bi_[w] = lo + w
@@ -474,14 +473,11 @@ def _max_fwd_planar_part(t, nt, x, out, indices, itype, D, H, W):
                     if d != d0 or h != h0:
                         lo = d * HW + h * W
                         row = xp[lo : lo + W]
-                        sv, si, dv, di = best[cur], where[cur], best[1 - cur], where[1 - cur]
                         for w in range(W):
-                            v, old_v, old_i = row[w], sv[w], si[w]
+                            v, old_v = row[w], bv_[w]
                             take = (v > old_v) | (v != v)
-                            dv[w] = v if take else old_v
-                            di[w] = lo + w if take else old_i
-                        cur = 1 - cur
-            bv_, bi_ = best[cur], where[cur]
+                            bv_[w] = v if take else old_v
+                            bi_[w] = lo + w if take else bi_[w]
             for ow in range(Wo):
                 bv, bi = bv_[ws[ow]], bi_[ws[ow]]
                 for w in range(ws[ow] + 1, we[ow]):
@@ -734,8 +730,8 @@ def _max_fwd_cl_part(t, nt, x, out, indices, oflat, iflat, itype, D, H, W, cb):
     ds, de = _bounds(D, Do)
     hs, he = _bounds(H, Ho)
     ws, we = _bounds(W, Wo)
-    best = np.empty((2, cb), x.dtype)
-    where = np.empty((2, cb), itype.dtype)
+    best = np.empty(cb, x.dtype)
+    where = np.empty(cb, itype.dtype)
     vbuf = np.empty(cb, out.dtype)
     ibuf = np.empty(cb, np.int64)
     direct = len(oflat) > 0
@@ -784,8 +780,8 @@ def _max_fwd_cl_part(t, nt, x, out, indices, oflat, iflat, itype, D, H, W, cb):
             _max_cl_window(x, best, where, n * D * H * W, ds[od], de[od], hs[oh], he[oh],
                            ws[ow], we[ow], c0, m, H, W, C)
             for j in range(m):
-                vout[np.uint64(at + j)] = best[0, j]
-                iout[np.uint64(at + j)] = where[0, j]
+                vout[np.uint64(at + j)] = best[j]
+                iout[np.uint64(at + j)] = where[j]
         if not direct:
             o = out[n, c0 : c0 + m, od, oh, ow]
             io = indices[n, c0 : c0 + m, od, oh, ow]
@@ -800,36 +796,28 @@ def _max_fwd_cl_part(t, nt, x, out, indices, oflat, iflat, itype, D, H, W, cb):
 
 @njit(error_model="numpy")
 def _max_cl_window(x, best, where, plane, d0, d1, h0, h1, w0, w1, c0, m, H, W, C):
-    """One cell of :func:`_max_fwd_cl_part`, any window, its result left in ``best[0]``
-    and ``where[0]``. Positions are held as ``where``'s type while scanning, as in
-    :func:`_max_fwd_planar`. The running maxima go back and forth between the two rows of
-    ``best`` and ``where``: updating one in place makes LLVM emit masked stores, which are
-    slow."""
-    # Start from the window's first element; scanning it again is a no-op.
-    flat = (d0 * H + h0) * W + w0
-    a = x[(plane + flat) * C + c0 : (plane + flat) * C + c0 + m]
-    cur = 0
-    sv, si = best[0], where[0]
+    """One cell of :func:`_max_fwd_cl_part`, any window, its result left in ``best`` and
+    ``where``. Positions are held as ``where``'s type while scanning, as in
+    :func:`_max_fwd_planar`. The running maxima are updated in place by a select that is
+    always stored (a conditional store would be a masked one, which is slow)."""
+    sv, si = best, where
+    first = (d0 * H + h0) * W + w0
+    i = (plane + first) * C + c0
     for j in range(m):
-        sv[j] = a[j]
-        si[j] = flat
+        sv[j] = x[np.uint64(i + j)]
+        si[j] = first
     for d in range(d0, d1):
         for h in range(h0, h1):
             for w in range(w0, w1):
                 flat = (d * H + h) * W + w
-                a = x[(plane + flat) * C + c0 : (plane + flat) * C + c0 + m]
-                sv, si = best[cur], where[cur]
-                dv, di = best[1 - cur], where[1 - cur]
-                cur = 1 - cur
+                if flat == first:
+                    continue
+                i = (plane + flat) * C + c0
                 for j in range(m):
-                    v, bv, bi = a[j], sv[j], si[j]
+                    v, bv = x[np.uint64(i + j)], sv[j]
                     take = (v > bv) | (v != v)
-                    dv[j] = v if take else bv
-                    di[j] = flat if take else bi
-    if cur == 1:
-        for j in range(m):
-            best[0, j] = best[1, j]
-            where[0, j] = where[1, j]
+                    sv[j] = v if take else bv
+                    si[j] = flat if take else si[j]
 
 
 # ----------------------------------------------------------------- backward, planar layout
@@ -1330,7 +1318,8 @@ def _max_fwd_small(nt, x, out, indices, itype, D, H, W, sc, cb):
 def _max_fwd_small_part(t, nt, x, out, indices, itype, D, H, W, sc, cb):
     """Maxima along W first (value and position, scan rule), then merged over the window's
     rows in scan order with the same rule: that is the scan of the whole window. Updates
-    are selects into a second buffer (as in :func:`_max_fwd_cl_part`)."""
+    are selects into a second buffer, copied back: with these short channel loops that is
+    faster than the in-place select of :func:`_max_cl_window` (measured)."""
     N, C, Do, Ho, Wo = out.shape
     sp = C if sc == 1 else 1
     sn = C * D * H * W
