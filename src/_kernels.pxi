@@ -547,11 +547,12 @@ cdef inline void _store_cl(floating* op, Geom g, const floating* buf, Py_ssize_t
 
 cdef inline bint _in_registers(Py_ssize_t npos, Py_ssize_t nc, Py_ssize_t itemsize) noexcept nogil:
     """Does a channels-last window go through _cells.h (blocks of 32 floats or 16 doubles,
-    each scanning the whole window)? Yes for one block, or when the window's data stays in
-    L1 between the blocks' scans; else an accumulator in memory gets one pass per window
-    position over all the channels, which streams the input (7x7 windows of 2048 channels,
-    64x64 windows of 512, measured 2x faster that way)."""
-    return nc * itemsize <= 128 or npos * nc * itemsize <= 32768
+    each scanning the whole window)? Yes for one or two blocks (the second scan finds the
+    window in L2: 32x32 windows of 64 channels, max 1.25x faster), or when the window's data
+    stays in L1 between the blocks' scans; else an accumulator in memory gets one pass per
+    window position over all the channels, which streams the input (7x7 windows of 2048
+    channels, 64x64 windows of 512, measured 2x faster that way)."""
+    return nc * itemsize <= 256 or npos * nc * itemsize <= 32768
 
 
 cdef inline Py_ssize_t _run_chunk(Py_ssize_t nbytes) noexcept nogil:
