@@ -506,7 +506,8 @@ def _pair(x, i, C, j):
 @njit(error_model="numpy")
 def _avg_cl_window(x, dst, at, acc, part, n, d0, d1, h0, h1, w0, nw, c0, m, scale, D, H, W, C):
     """One cell of :func:`_avg_fwd_cl_part`, any window: each window row summed in x's
-    precision (``part``), the rows in float64 (``acc``), the mean stored at ``dst[at:]``."""
+    precision (``part``), the rows in float64 (``acc``), the mean stored at ``dst[at:]``;
+    one loop per (first/middle/last row) x (row of 1, 2, more positions) case."""
     rows = (d1 - d0) * (h1 - h0)
     r = 0
     for d in range(d0, d1):
@@ -581,10 +582,11 @@ def _avg_fwd_cl_part(t, nt, x, out, oflat, D, H, W, cb):
     """``x``: (N*D*H*W*C,), channels innermost. A window row is first summed in the input's
     precision (half the vector work of float64), then added to the float64 sums.
 
-    The channel loop is written out for each (first/middle/last row) x (row of 1, 2, more
-    positions) case: with the case tested inside one loop, LLVM neither splits the loop nor
-    vectorises it (10-30% slower, measured). Results go straight to ``oflat`` when the output
-    is contiguous channels-last, else through ``buf``."""
+    Windows of up to two rows of up to two positions take one channel loop here; larger ones
+    go to :func:`_avg_cl_window`. The channel loop is written out for each case: with the
+    case tested inside one loop, LLVM neither splits the loop nor vectorises it (10-30%
+    slower, measured). Results go straight to ``oflat`` when the output is contiguous
+    channels-last, else through ``buf``."""
     N, C, Do, Ho, Wo = out.shape
     blocks = (C + cb - 1) // cb
     cells = N * Do * Ho * Wo
