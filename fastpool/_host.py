@@ -9,9 +9,9 @@ strides and the dtypes it handles natively::
 Kernels write every element of their outputs and never see empty arrays. Everything else
 (validation, allocation, ``out=``, float16 through float32) happens here, before they run.
 One exception: a module with ``CHECKS_INDICES = True`` checks the max-backward indices
-itself, in the same call, before its scatter writes anything (the check then reads the
-indices on the threads that scatter them); its ``max_backward`` returns False, having
-written nothing, when one lies outside the plane, and the ValueError is raised here.
+itself, in the same call and in parallel, before its kernel writes anything; its
+``max_backward`` returns False, having written nothing, when one lies outside the plane,
+and the ValueError is raised here.
 """
 
 from __future__ import annotations

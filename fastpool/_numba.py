@@ -750,13 +750,14 @@ def _max_fwd_cl_part(t, nt, x, out, indices, oflat, iflat, itype, D, H, W, cb):
         nw = we[ow] - ws[ow]
         rows = (de[od] - ds[od]) * (he[oh] - hs[oh])
         f0 = (ds[od] * H + hs[oh]) * W + ws[ow]  # the window's first position
+        f2 = f0 + (H * W if de[od] - ds[od] == 2 else W)  # its second row's, if it has one
         i = (n * D * H * W + f0) * C + c0
         if rows * nw == 1:
             for j in range(m):
                 vout[np.uint64(at + j)] = x[np.uint64(i + j)]
                 iout[np.uint64(at + j)] = f0
         elif rows * nw == 2:  # positions f0 and f1, in scan order
-            f1 = f0 + 1 if nw == 2 else f0 + (H * W if de[od] - ds[od] == 2 else W)
+            f1 = f0 + 1 if nw == 2 else f2
             i1 = i + (f1 - f0) * C
             for j in range(m):
                 v, a = x[np.uint64(i + j)], x[np.uint64(i1 + j)]
@@ -764,7 +765,6 @@ def _max_fwd_cl_part(t, nt, x, out, indices, oflat, iflat, itype, D, H, W, cb):
                 vout[np.uint64(at + j)] = a if take else v
                 iout[np.uint64(at + j)] = f1 if take else f0
         elif rows == 2 and nw == 2:  # f0, f0 + 1, f2, f2 + 1
-            f2 = f0 + (H * W if de[od] - ds[od] == 2 else W)
             i2 = i + (f2 - f0) * C
             for j in range(m):
                 v, p = x[np.uint64(i + j)], f0
@@ -802,12 +802,11 @@ def _max_cl_window(x, best, where, plane, d0, d1, h0, h1, w0, w1, c0, m, H, W, C
     ``where``. Positions are held as ``where``'s type while scanning, as in
     :func:`_max_fwd_planar`. The running maxima are updated in place by a select that is
     always stored (a conditional store would be a masked one, which is slow)."""
-    sv, si = best, where
     first = (d0 * H + h0) * W + w0
     i = (plane + first) * C + c0
     for j in range(m):
-        sv[j] = x[np.uint64(i + j)]
-        si[j] = first
+        best[j] = x[np.uint64(i + j)]
+        where[j] = first
     for d in range(d0, d1):
         for h in range(h0, h1):
             for w in range(w0, w1):
@@ -816,10 +815,10 @@ def _max_cl_window(x, best, where, plane, d0, d1, h0, h1, w0, w1, c0, m, H, W, C
                     continue
                 i = (plane + flat) * C + c0
                 for j in range(m):
-                    v, bv = x[np.uint64(i + j)], sv[j]
+                    v, bv = x[np.uint64(i + j)], best[j]
                     take = (v > bv) | (v != v)
-                    sv[j] = v if take else bv
-                    si[j] = flat if take else si[j]
+                    best[j] = v if take else bv
+                    where[j] = flat if take else where[j]
 
 
 # ----------------------------------------------------------------- backward, planar layout
