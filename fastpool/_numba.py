@@ -913,18 +913,21 @@ def _max_bwd_whole_part(t, nt, go, indices, gi, C, sc):
     _max_bwd_planes(t, nt, go, indices, gi, C, sc)
 
 
-@_kernel("in", "in", "out", "int", "int", "int", "int", "int", "int", "int")
-def _max_bwd_planar(nt, go, indices, gi, Do, Ho, Wo, D, H, W, R):
+@_kernel("in", "in", "out", "out", "int", "int", "int", "int", "int", "int", "int")
+def _max_bwd_planar(nt, go, indices, gi, hits, Do, Ho, Wo, D, H, W, R):
     for t in prange(nt):
-        _max_bwd_planar_part(np.int64(t), nt, go, indices, gi, Do, Ho, Wo, D, H, W, R)
+        _max_bwd_planar_part(np.int64(t), nt, go, indices, gi, hits, Do, Ho, Wo, D, H, W, R)
 
 
 @njit(error_model="numpy")
-def _max_bwd_planar_part(t, nt, go, indices, gi, Do, Ho, Wo, D, H, W, R):
+def _max_bwd_planar_part(t, nt, go, indices, gi, hits, Do, Ho, Wo, D, H, W, R):
     """One work item per slab of ``R`` input rows of a plane, summed in an L1-sized buffer:
     every output cell that may cover the slab adds its gradient at its index when that falls
     in the slab, in output order (the order of the SPEC's loop), then the slab is stored.
-    Flat indices (no row views to build per plane: small planes are mostly that)."""
+    Flat indices (no row views to build per plane: small planes are mostly that).
+
+    ``hits[t]`` counts the cells added: one whose index lies outside the rows its window
+    covers is in no slab that looks for it, and the host then falls back to a scatter."""
     P = gi.shape[0]
     size, cells = D * H * W, Do * Ho * Wo
     gof, ixf, gif = go.reshape(go.size), indices.reshape(indices.size), gi.reshape(gi.size)
@@ -932,6 +935,7 @@ def _max_bwd_planar_part(t, nt, go, indices, gi, Do, Ho, Wo, D, H, W, R):
     cds, cde = _bounds(Do, D)
     chs, che = _bounds(Ho, H)
     buf = np.empty(R * W, np.float64)
+    found = 0
     first, last = _chunk(t, P * slabs, nt)
     _, _, p, s = _unravel(first, 1, P, slabs)
     for _ in range(first, last):
@@ -942,6 +946,7 @@ def _max_bwd_planar_part(t, nt, go, indices, gi, Do, Ho, Wo, D, H, W, R):
             g, ix, at = 0.0 + gof[np.uint64(p)], ixf[np.uint64(p)] - lo, p * size + lo
             for j in range(m):
                 gif[np.uint64(at + j)] = g if j == ix else 0.0
+            found += 0 <= ix < m
             _, _, p, s = _next(0, 0, p, s, 1, P, slabs)
             continue
         for j in range(m):
@@ -949,6 +954,7 @@ def _max_bwd_planar_part(t, nt, go, indices, gi, Do, Ho, Wo, D, H, W, R):
         if m == size:  # the slab is the plane: every index falls in it (validated)
             for o in range(p * cells, (p + 1) * cells):
                 buf[np.uint64(ixf[np.uint64(o)])] += gof[np.uint64(o)]
+            found += cells
         else:
             da, db = r0 // H, (r1 - 1) // H
             oh0, oh1 = 0, Ho
@@ -961,10 +967,12 @@ def _max_bwd_planar_part(t, nt, go, indices, gi, Do, Ho, Wo, D, H, W, R):
                         j = ixf[np.uint64(o)] - lo
                         if 0 <= j < m:
                             buf[np.uint64(j)] += gof[np.uint64(o)]
+                            found += 1
         at = p * size + lo
         for j in range(m):
             gif[np.uint64(at + j)] = buf[j]
         _, _, p, s = _next(0, 0, p, s, 1, P, slabs)
+    hits[t] = found
 
 
 # ---------------------------------------------------------- backward, channels-last layout
@@ -1088,10 +1096,10 @@ def _avg_bwd_cl_acc(gof, acc, wts, table, n, od0, od1, oh0, oh1, Do, Ho, Wo, C, 
                 acc[np.uint64(a + c)] += gof[np.uint64(b1 + a + c)] * w1
 
 
-@_kernel("in", "in", "out", "int", "int", "int", "int", "int", "int", "int")
-def _max_bwd_cl(nt, go, indices, gi, N, Do, Ho, Wo, D, H, W):
+@_kernel("in", "in", "out", "out", "int", "int", "int", "int", "int", "int", "int")
+def _max_bwd_cl(nt, go, indices, gi, hits, N, Do, Ho, Wo, D, H, W):
     for t in prange(nt):
-        _max_bwd_cl_part(np.int64(t), nt, go, indices, gi, N, Do, Ho, Wo, D, H, W)
+        _max_bwd_cl_part(np.int64(t), nt, go, indices, gi, hits, N, Do, Ho, Wo, D, H, W)
 
 
 @njit(inline="always")
@@ -1100,19 +1108,30 @@ def _hit(g, ix, q, flat):
     return g[np.uint64(q)] if ix[np.uint64(q)] == flat else 0.0
 
 
+@njit(inline="always")
+def _match(ix, q, flat):
+    """1 if the cell's index ``ix[q]`` is ``flat``, else 0 (the hits :func:`_hit` takes)."""
+    return np.int64(ix[np.uint64(q)] == flat)
+
+
 @njit(error_model="numpy")
-def _max_bwd_cl_part(t, nt, go, indices, gi, N, Do, Ho, Wo, D, H, W):
+def _max_bwd_cl_part(t, nt, go, indices, gi, hits, N, Do, Ho, Wo, D, H, W):
     """One work item per input row ``(n, d, h)``; each element sums, in output order, the
     gradients of the covering cells whose index is its own position (a select: vectorises
     across channels). Up to two rows of up to three covering cells (small maps, upsampling)
     take one loop per element; more go to :func:`_max_bwd_cl_cells`. Flat indices, as in
-    :func:`_avg_bwd_cl_part`."""
+    :func:`_avg_bwd_cl_part`.
+
+    A gather finds only the indices that lie in their own cell's window: ``hits[t]`` counts
+    the (cell, channel) pairs found, and the host falls back to a scatter when the total
+    falls short of every pair (indices not from a forward pass)."""
     C = gi.shape[1]
     gof, ixf, gif = go.reshape(go.size), indices.reshape(indices.size), gi.reshape(gi.size)
     cds, cde = _bounds(Do, D)
     chs, che = _bounds(Ho, H)
     cws, cwe = _bounds(Wo, W)
     col = np.empty(C, np.float64)
+    found = 0
     first, last = _chunk(t, N * D * H, nt)
     _, n, d, h = _unravel(first, N, D, H)
     for _ in range(first, last):
@@ -1125,31 +1144,56 @@ def _max_bwd_cl_part(t, nt, go, indices, gi, N, Do, Ho, Wo, D, H, W):
             q = (((n * Do + cds[d]) * Ho + chs[h]) * Wo + cws[w]) * C  # first covering cell
             if rows == 1 and nw <= 3:
                 if nw == 1:
+                    k = 0  # this loop's hits
                     for c in range(C):
                         gif[np.uint64(at + c)] = 0.0 + _hit(gof, ixf, q + c, flat)
+                        k += _match(ixf, q + c, flat)
+                    found += k
                 elif nw == 2:
+                    k = 0  # this loop's hits
                     for c in range(C):
                         s = 0.0 + _hit(gof, ixf, q + c, flat)
                         gif[np.uint64(at + c)] = s + _hit(gof, ixf, q + C + c, flat)
+                        k += _match(ixf, q + c, flat) + _match(ixf, q + C + c, flat)
+                    found += k
                 else:
+                    k = 0  # this loop's hits
                     for c in range(C):
                         s = 0.0 + _hit(gof, ixf, q + c, flat)
                         s += _hit(gof, ixf, q + C + c, flat)
                         gif[np.uint64(at + c)] = s + _hit(gof, ixf, q + 2 * C + c, flat)
+                        k += (
+                            _match(ixf, q + c, flat)
+                            + _match(ixf, q + C + c, flat)
+                            + _match(ixf, q + 2 * C + c, flat)
+                        )
+                    found += k
             elif rows == 2 and nw <= 3:
                 # the second covering row of cells: next along H, else along D
                 q2 = q + (Wo * C if che[h] - chs[h] == 2 else Ho * Wo * C)
                 if nw == 1:
+                    k = 0  # this loop's hits
                     for c in range(C):
                         s = 0.0 + _hit(gof, ixf, q + c, flat)
                         gif[np.uint64(at + c)] = s + _hit(gof, ixf, q2 + c, flat)
+                        k += _match(ixf, q + c, flat) + _match(ixf, q2 + c, flat)
+                    found += k
                 elif nw == 2:
+                    k = 0  # this loop's hits
                     for c in range(C):
                         s = 0.0 + _hit(gof, ixf, q + c, flat)
                         s += _hit(gof, ixf, q + C + c, flat)
                         s += _hit(gof, ixf, q2 + c, flat)
                         gif[np.uint64(at + c)] = s + _hit(gof, ixf, q2 + C + c, flat)
+                        k += (
+                            _match(ixf, q + c, flat)
+                            + _match(ixf, q + C + c, flat)
+                            + _match(ixf, q2 + c, flat)
+                            + _match(ixf, q2 + C + c, flat)
+                        )
+                    found += k
                 else:
+                    k = 0  # this loop's hits
                     for c in range(C):
                         s = 0.0 + _hit(gof, ixf, q + c, flat)
                         s += _hit(gof, ixf, q + C + c, flat)
@@ -1157,39 +1201,84 @@ def _max_bwd_cl_part(t, nt, go, indices, gi, N, Do, Ho, Wo, D, H, W):
                         s += _hit(gof, ixf, q2 + c, flat)
                         s += _hit(gof, ixf, q2 + C + c, flat)
                         gif[np.uint64(at + c)] = s + _hit(gof, ixf, q2 + 2 * C + c, flat)
+                        k += (
+                            _match(ixf, q + c, flat)
+                            + _match(ixf, q + C + c, flat)
+                            + _match(ixf, q + 2 * C + c, flat)
+                            + _match(ixf, q2 + c, flat)
+                            + _match(ixf, q2 + C + c, flat)
+                            + _match(ixf, q2 + 2 * C + c, flat)
+                        )
+                    found += k
             else:
-                _max_bwd_cl_cells(gof, ixf, gif, col, at, n, cds[d], cde[d], chs[h], che[h],
-                                  cws[w], nw, flat, Do, Ho, Wo, C)
+                found += _max_bwd_cl_cells(
+                    gof,
+                    ixf,
+                    gif,
+                    col,
+                    at,
+                    n,
+                    cds[d],
+                    cde[d],
+                    chs[h],
+                    che[h],
+                    cws[w],
+                    nw,
+                    flat,
+                    Do,
+                    Ho,
+                    Wo,
+                    C,
+                )
         _, n, d, h = _next(0, n, d, h, N, D, H)
+    hits[t] = found
 
 
 @njit(error_model="numpy")
-def _max_bwd_cl_cells(gof, ixf, gif, col, at, n, od0, od1, oh0, oh1, ow0, nw, flat, Do, Ho, Wo,
-                      C):
+def _max_bwd_cl_cells(gof, ixf, gif, col, at, n, od0, od1, oh0, oh1, ow0, nw, flat, Do, Ho, Wo, C):
     """One element of :func:`_max_bwd_cl_part`, any covering cells: ``col`` sums them, one
-    loop per covering row adding up to three cells (the same additions in the same order)."""
+    loop per covering row adding up to three cells (the same additions in the same order).
+    Returns the hits."""
+    found = 0
     for c in range(C):
         col[c] = 0.0  # 0.0 + the first term, as the SPEC's loop starts
     for od in range(od0, od1):
         for oh in range(oh0, oh1):
             q = (((n * Do + od) * Ho + oh) * Wo + ow0) * C
             if nw == 1:
+                k = 0  # this loop's hits
                 for c in range(C):
                     col[c] += _hit(gof, ixf, q + c, flat)
+                    k += _match(ixf, q + c, flat)
+                found += k
             elif nw == 2:
+                k = 0  # this loop's hits
                 for c in range(C):
                     s = col[c] + _hit(gof, ixf, q + c, flat)
                     col[c] = s + _hit(gof, ixf, q + C + c, flat)
+                    k += _match(ixf, q + c, flat) + _match(ixf, q + C + c, flat)
+                found += k
             else:
+                k = 0  # this loop's hits
                 for c in range(C):
                     s = col[c] + _hit(gof, ixf, q + c, flat)
                     s += _hit(gof, ixf, q + C + c, flat)
                     col[c] = s + _hit(gof, ixf, q + 2 * C + c, flat)
+                    k += (
+                        _match(ixf, q + c, flat)
+                        + _match(ixf, q + C + c, flat)
+                        + _match(ixf, q + 2 * C + c, flat)
+                    )
+                found += k
                 for ow in range(3, nw):
+                    k = 0  # this loop's hits
                     for c in range(C):
                         col[c] += _hit(gof, ixf, q + ow * C + c, flat)
+                        k += _match(ixf, q + ow * C + c, flat)
+                    found += k
     for c in range(C):
         gif[np.uint64(at + c)] = col[c]
+    return found
 
 
 @_kernel("in", "out", "int")
@@ -1717,20 +1806,47 @@ def _backward(kind, inputs, grad_input):
     args = [_as_layout(a, channels_last) for a in inputs]
     if kind == "max" and not _positions_ok(args[1].reshape(-1), d * h * w):
         return False
-    if channels_last:
-        kernel = _avg_bwd_cl if kind == "avg" else _max_bwd_cl
-        kernel(work, *args, target, n, do, ho, wo, d, h, w)
-    elif kind == "avg":
-        _avg_bwd_planar(work, *args, target, do, ho, wo, d, h, w)
+    if kind == "avg":
+        if channels_last:
+            _avg_bwd_cl(work, *args, target, n, do, ho, wo, d, h, w)
+        else:
+            _avg_bwd_planar(work, *args, target, do, ho, wo, d, h, w)
     else:
-        rows = max(1, min(_SLAB // w, d * h))
-        _max_bwd_planar(work, *args, target, do, ho, wo, d, h, w, rows)
+        hits = np.zeros(numba.config.NUMBA_NUM_THREADS, np.int64)
+        if channels_last:
+            _max_bwd_cl(work, *args, target, hits, n, do, ho, wo, d, h, w)
+        else:
+            rows = max(1, min(_SLAB // w, d * h))
+            _max_bwd_planar(work, *args, target, hits, do, ho, wo, d, h, w, rows)
+        if hits.sum() != args[0].size:
+            # Some index lies outside its own cell's window (in the plane, so valid, but not
+            # from a forward pass): those kernels look for each index only where its window
+            # could put it. The SPEC's scatter, which takes any position, rewrites it all.
+            _max_bwd_scatter(work, args, target, channels_last, grad_input.shape)
     if view is None:
         if channels_last:
             grad_input[...] = target.reshape(n, d, h, w, c).transpose(0, 4, 1, 2, 3)
         else:
             grad_input[...] = target.reshape(n, c, d, h, w)
     return True
+
+
+def _max_bwd_scatter(work, args, target, channels_last, shape):
+    """``target`` (the 2-D layout view of :func:`_backward`) = the scatter of ``args``
+    (grad_output and indices in the same layout), in output order: any index in the plane,
+    through the small-plane kernel. Its float64 buffer, a plane by a block of channels per
+    thread, is kept below the size of the result where the block allows."""
+    n, c, d, h, w = shape
+    do, ho, wo = args[0].size // (n * c), 1, 1  # the kernel only uses the product of these
+    if channels_last:
+        gi = target.reshape(n, d, h, w, c).transpose(0, 4, 1, 2, 3)
+        sc = 1
+    else:
+        gi = target.reshape(n, c, d, h, w)
+        sc = do
+    threads = _num_threads or numba.config.NUMBA_NUM_THREADS
+    cb = max(1, min(c, _SMALL_BLOCK, n * c // (2 * threads)))
+    _max_bwd_small(work, args[0].reshape(-1), args[1].reshape(-1), gi, do, ho, wo, sc, cb)
 
 
 def _positions_ok(ix, plane):

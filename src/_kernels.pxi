@@ -24,12 +24,12 @@ cdef extern from "_simd.h" nogil:
                              Py_ssize_t sstride, Py_ssize_t rows, Py_ssize_t cols)
     void fp_transpose_i64(int64_t* dst, Py_ssize_t dstride, const int64_t* src,
                           Py_ssize_t sstride, Py_ssize_t rows, Py_ssize_t cols)
-    void fp_scatter_rows_float(float* base, const float* gp, Py_ssize_t sc, const int64_t* ip,
-                               Py_ssize_t ic, Py_ssize_t nc, int64_t lo, int64_t hi,
-                               Py_ssize_t bw)
-    void fp_scatter_rows_double(double* base, const double* gp, Py_ssize_t sc,
-                                const int64_t* ip, Py_ssize_t ic, Py_ssize_t nc, int64_t lo,
-                                int64_t hi, Py_ssize_t bw)
+    Py_ssize_t fp_scatter_rows_float(float* base, const float* gp, Py_ssize_t sc,
+                                     const int64_t* ip, Py_ssize_t ic, Py_ssize_t nc, int64_t lo,
+                                     int64_t hi, Py_ssize_t bw)
+    Py_ssize_t fp_scatter_rows_double(double* base, const double* gp, Py_ssize_t sc,
+                                      const int64_t* ip, Py_ssize_t ic, Py_ssize_t nc,
+                                      int64_t lo, int64_t hi, Py_ssize_t bw)
     void fp_argmax_float(const float* p, Py_ssize_t kd, Py_ssize_t kh, Py_ssize_t kw,
                          Py_ssize_t sd, Py_ssize_t sh, Py_ssize_t* run, Py_ssize_t* col)
     void fp_argmax_double(const double* p, Py_ssize_t kd, Py_ssize_t kh, Py_ssize_t kw,
@@ -1422,14 +1422,16 @@ cdef void _max_bwd_group(const floating* go, const int64_t* idx, floating* gi, G
             jb = jb + size
 
 
-cdef void _max_bwd_cl(const floating* go, const int64_t* idx, floating* gi, Geom g,
-                      const Py_ssize_t* cover_d, const Py_ssize_t* hruns, Py_ssize_t nhr,
-                      Py_ssize_t task) noexcept nogil:
+cdef Py_ssize_t _max_bwd_cl(const floating* go, const int64_t* idx, floating* gi, Geom g,
+                            const Py_ssize_t* cover_d, const Py_ssize_t* hruns, Py_ssize_t nhr,
+                            Py_ssize_t task) noexcept nogil:
     """Channels-last ``grad_input[n, :, d, h_begin:h_end, :]``, rows that the same output
     cells cover: zero them, then add each covering cell whose index falls in them.
 
     Every element still receives its cells in output order (the order of the planar
-    scatter), while the rows are in cache and the channel loop runs in memory order."""
+    scatter), while the rows are in cache and the channel loop runs in memory order.
+    Returns the (cell, channel) pairs added: a cell whose index lies outside the rows its
+    window covers is added by no task, and the caller then scatters instead."""
     cdef Py_ssize_t hr = task % nhr, t = task // nhr
     cdef Py_ssize_t d = t % g.d, n = t // g.d
     cdef const Py_ssize_t* run = hruns + 4 * hr
@@ -1441,6 +1443,7 @@ cdef void _max_bwd_cl(const floating* go, const int64_t* idx, floating* gi, Geom
     cdef bint dense = g.bh == g.w * g.bw
     cdef const floating* gp
     cdef const int64_t* ip
+    cdef Py_ssize_t found = 0
     for h in range(he - hb):
         row = base + h * g.bh
         if g.bw == g.c:
@@ -1455,9 +1458,11 @@ cdef void _max_bwd_cl(const floating* go, const int64_t* idx, floating* gi, Geom
                 ip = idx + n * g.in_ + od * g.id + oh * g.ih + ow * g.iw
                 if dense:
                     if floating is float:
-                        fp_scatter_rows_float(base, gp, g.sc, ip, g.ic, g.c, lo, hi, g.bw)
+                        found += fp_scatter_rows_float(base, gp, g.sc, ip, g.ic, g.c, lo, hi,
+                                                       g.bw)
                     else:
-                        fp_scatter_rows_double(base, gp, g.sc, ip, g.ic, g.c, lo, hi, g.bw)
+                        found += fp_scatter_rows_double(base, gp, g.sc, ip, g.ic, g.c, lo, hi,
+                                                        g.bw)
                     continue
                 for c in range(g.c):
                     p = ip[c * g.ic]
@@ -1466,29 +1471,39 @@ cdef void _max_bwd_cl(const floating* go, const int64_t* idx, floating* gi, Geom
                         ph = q // g.w
                         off = ph * g.bh + (q - ph * g.w) * g.bw
                         base[off + c] = base[off + c] + gp[c * g.sc]
+                        found += 1
+    return found
 
 
 cdef void _max_bwd_cl_slab(const floating* go, const int64_t* idx, floating* gi, Geom g,
-                           Py_ssize_t n) noexcept nogil:
-    """Channels-last ``grad_input[n]`` when it fits in cache: zero it, then add every cell in
-    output order; no row-range tests (compare _max_bwd_cl)."""
-    cdef Py_ssize_t od, oh, ow, c
+                           bint dense, Py_ssize_t n) noexcept nogil:
+    """Channels-last ``grad_input[n]``: zero it, then add every cell at its index in output
+    order; no row-range tests (compare _max_bwd_cl), so any index in the plane. The fast
+    path when the sample fits in cache, and the fallback of the others."""
+    cdef Py_ssize_t od, oh, ow, c, d, h, w, off
     cdef floating* base = gi + n * g.bn
     cdef const floating* gp
     cdef const int64_t* ip
-    memset(base, 0, g.d * g.h * g.w * g.c * sizeof(floating))
+    if dense and g.bw == g.c:
+        memset(base, 0, g.d * g.h * g.w * g.c * sizeof(floating))
+    else:
+        for d in range(g.d):
+            for h in range(g.h):
+                for w in range(g.w):
+                    memset(base + d * g.bd + h * g.bh + w * g.bw, 0, g.c * sizeof(floating))
     for od in range(g.od):
         for oh in range(g.oh):
             for ow in range(g.ow):
                 gp = go + n * g.sn + od * g.sd + oh * g.sh + ow * g.sw
                 ip = idx + n * g.in_ + od * g.id + oh * g.ih + ow * g.iw
-                if g.ic == 1 and g.sc == 1:  # unit strides: fewer registers, no multiplies
+                if dense and g.bw == g.c and g.ic == 1 and g.sc == 1:
+                    # unit strides: fewer registers, no multiplies
                     for c in range(g.c):
                         base[ip[c] * g.c + c] = base[ip[c] * g.c + c] + gp[c]
                 else:
                     for c in range(g.c):
-                        base[ip[c * g.ic] * g.c + c] = (base[ip[c * g.ic] * g.c + c]
-                                                        + gp[c * g.sc])
+                        off = _offset(g, ip[c * g.ic], dense) + c
+                        base[off] = base[off] + gp[c * g.sc]
 
 
 cdef inline bint _any_out_of_plane(const int64_t* ip, Py_ssize_t n, uint64_t plane) noexcept nogil:
@@ -1571,7 +1586,7 @@ cdef int _max_backward(const floating* gop, floating* gip, cnp.ndarray grad_outp
     _set_index_strides(&g, _strides(indices))
     cdef bint dense = ((g.h == 1 or g.bh == g.w * g.bw)
                        and (g.d == 1 or g.bd == g.h * g.w * g.bw))
-    cdef Py_ssize_t task, ntasks, nhr
+    cdef Py_ssize_t task, ntasks, nhr, hits = 0
     cdef int nt
     cdef bint group
     cdef const int64_t* ip = <const int64_t*>cnp.PyArray_DATA(indices)
@@ -1611,33 +1626,39 @@ cdef int _max_backward(const floating* gop, floating* gip, cnp.ndarray grad_outp
     _task_threads(g.n, num_threads, &nt)
     if _indices_bad(ip, g, True, False, g.n, nt):
         return 1
-    if (dense and g.bw == g.c and g.n >= 4 * num_threads
+    if not (dense and g.bw == g.c and g.n >= 4 * num_threads
             and g.d * g.h * g.w * g.c * sizeof(floating) <= 65536):
-        # small dense (n) slabs, enough of them: one per task, like the planar planes
-        if nt == 1:  # no thread team for one thread
-            with nogil:
-                for task in range(g.n):
-                    _max_bwd_cl_slab(gop, ip, gip, g, task)
-        else:
-            for task in prange(g.n, nogil=True, schedule='static', num_threads=nt):
-                _max_bwd_cl_slab(gop, ip, gip, g, task)
-        return 0
-    cover_d = <Py_ssize_t*>_alloc((2 * g.d + 4 * g.h) * sizeof(Py_ssize_t))
-    hruns = cover_d + 2 * g.d
-    try:
-        _fill_windows(cover_d, g.od, g.d)
-        nhr = _fill_cover_runs(hruns, g.h, g.oh)
-        ntasks = g.n * g.d * nhr
-        _task_threads(ntasks, num_threads, &nt)
-        if nt == 1:  # no thread team for one thread
-            with nogil:
-                for task in range(ntasks):
-                    _max_bwd_cl(gop, ip, gip, g, cover_d, hruns, nhr, task)
-        else:
-            for task in prange(ntasks, nogil=True, schedule='static', num_threads=nt):
-                _max_bwd_cl(gop, ip, gip, g, cover_d, hruns, nhr, task)
-    finally:
-        free(cover_d)
+        # rows that the same cells cover, one run per task
+        cover_d = <Py_ssize_t*>_alloc((2 * g.d + 4 * g.h) * sizeof(Py_ssize_t))
+        hruns = cover_d + 2 * g.d
+        try:
+            _fill_windows(cover_d, g.od, g.d)
+            nhr = _fill_cover_runs(hruns, g.h, g.oh)
+            ntasks = g.n * g.d * nhr
+            _task_threads(ntasks, num_threads, &nt)
+            if nt == 1:  # no thread team for one thread
+                with nogil:
+                    for task in range(ntasks):
+                        hits += _max_bwd_cl(gop, ip, gip, g, cover_d, hruns, nhr, task)
+            else:
+                for task in prange(ntasks, nogil=True, schedule='static', num_threads=nt):
+                    hits += _max_bwd_cl(gop, ip, gip, g, cover_d, hruns, nhr, task)
+        finally:
+            free(cover_d)
+        if hits == g.n * g.c * g.od * g.oh * g.ow:
+            return 0
+        # Some index lies outside the rows its cell's window covers (in the plane, so
+        # valid, but not from a forward pass): no task added it. Scatter it all again.
+        _task_threads(g.n, num_threads, &nt)
+    # one (n) slab per task: small dense ones, enough of them, like the planar planes; or
+    # the fallback above
+    if nt == 1:  # no thread team for one thread
+        with nogil:
+            for task in range(g.n):
+                _max_bwd_cl_slab(gop, ip, gip, g, dense, task)
+    else:
+        for task in prange(g.n, nogil=True, schedule='static', num_threads=nt):
+            _max_bwd_cl_slab(gop, ip, gip, g, dense, task)
     return 0
 
 

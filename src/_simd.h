@@ -200,12 +200,13 @@ static inline double fp_sum_double(const double *p, ptrdiff_t n) {
  * these rows is data-dependent and unpredictable, so no branch: a miss adds +0.0 to
  * base[c], which changes no value (these sums start at +0.0 and round to nearest, so they
  * are never -0.0). Written with integer masks because compilers turn selects back into
- * branches. */
+ * branches. Returns the number of hits. */
 #define FP_SCATTER_ROWS(T, U)                                                                \
-    static inline void fp_scatter_rows_##T(T *base, const T *gp, ptrdiff_t sc,               \
-                                           const int64_t *ip, ptrdiff_t ic, ptrdiff_t nc,    \
-                                           int64_t lo, int64_t hi, ptrdiff_t bw) {           \
-        ptrdiff_t c;                                                                         \
+    static inline ptrdiff_t fp_scatter_rows_##T(T *base, const T *gp, ptrdiff_t sc,          \
+                                                const int64_t *ip, ptrdiff_t ic,             \
+                                                ptrdiff_t nc, int64_t lo, int64_t hi,        \
+                                                ptrdiff_t bw) {                              \
+        ptrdiff_t c, hits = 0;                                                               \
         uint64_t span = (uint64_t)(hi - lo);                                                 \
         for (c = 0; c < nc; c++) {                                                           \
             int64_t p = ip[c * ic];                                                          \
@@ -217,7 +218,9 @@ static inline double fp_sum_double(const double *p, ptrdiff_t n) {
             vb &= (U)in;                                                                     \
             memcpy(&v, &vb, sizeof(T));                                                      \
             base[off] += v;                                                                  \
+            hits -= in;                                                                      \
         }                                                                                    \
+        return hits;                                                                         \
     }
 
 FP_SCATTER_ROWS(float, uint32_t)

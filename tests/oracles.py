@@ -128,6 +128,22 @@ def brute_forward(kind, dims, x, output_size):
     return vals, (idx if kind == "max" else None)
 
 
+def brute_max_backward(grad, indices, input_shape, dims):
+    """SPEC's max backward as written: every cell, in output order, adds its gradient at its
+    index in its plane (float64, channels-first, any index in the plane)."""
+    batched = len(input_shape) == dims + 2
+    shape = tuple(input_shape) if batched else (1,) + tuple(input_shape)
+    n, c = shape[:2]
+    plane = int(np.prod(shape[2:]))
+    g = np.asarray(grad, np.float64).reshape(n * c, -1)
+    ix = np.asarray(indices).reshape(n * c, -1)
+    out = np.zeros((n * c, plane))
+    for p in range(n * c):
+        for o in range(g.shape[1]):
+            out[p, ix[p, o]] += g[p, o]
+    return out.reshape(tuple(input_shape))
+
+
 def _tuple(output_size, dims):
     return tuple(output_size) if isinstance(output_size, (tuple, list)) else (output_size,) * dims
 

@@ -7,7 +7,9 @@ from oracles import (
     assert_identical,
     backward,
     brute_forward,
+    brute_max_backward,
     forward,
+    require_torch,
     torch_backward,
     torch_forward,
 )
@@ -99,8 +101,6 @@ def test_matches_numpy_backend(backend, rng, dims, shape, osize, kind):
     assert_close(values, ref_values)
     if kind == "max":
         assert_identical(indices, ref_indices)
-        grad_x = np.nan_to_num(x)  # the gradient does not depend on x, only on indices
-        del grad_x
     grad = rng.standard_normal(values.shape)
     assert_close(
         backward(kind, dims, grad, indices, x.shape, backend=backend),
@@ -207,3 +207,61 @@ def test_large_sizes_use_exact_window_arithmetic(backend):
     avg, _ = forward("avg", 1, x, size_out, backend=backend)
     starts = (i * size_in) // size_out
     np.testing.assert_allclose(avg[0, 0], (starts + ends - 1) / 2, rtol=1e-12)
+
+
+# Planes large enough for the kernels that look for an index only where its cell's window
+# could put it (row slabs, channels-last row runs and gathers), and small ones.
+ANY_INDEX_CASES = [
+    (1, (2, 8, 3000), 7),
+    (2, (2, 16, 5, 5), 7),
+    (2, (2, 8, 9, 11), (4, 5)),
+    (2, (2, 8, 64, 64), 5),
+    (2, (24, 16, 30, 30), 7),
+    (3, (2, 8, 6, 20, 20), (3, 4, 5)),
+]
+
+
+@pytest.mark.parametrize("channels_last", (False, True), ids=("first", "last"))
+@pytest.mark.parametrize("where", ("anywhere", "one_moved"))
+@pytest.mark.parametrize(
+    ("dims", "shape", "osize"),
+    ANY_INDEX_CASES,
+    ids=[f"{d}d-{'x'.join(map(str, s))}-{o}" for d, s, o in ANY_INDEX_CASES],
+)
+def test_max_backward_takes_any_index_in_the_plane(
+    backend, rng, dims, shape, osize, where, channels_last
+):
+    """SPEC: ``grad_input.flat_plane[indices[o]] += grad_output[o]`` for any index in the
+    plane, not only those a forward pass gives (PyTorch's backward accepts them too)."""
+    x = rng.standard_normal(shape)
+    values, indices = forward("max", dims, x, osize, backend="numpy")
+    plane = int(np.prod(shape[2:]))
+    if where == "anywhere":  # with repeats, mostly outside their own windows
+        indices = rng.integers(0, plane, size=indices.shape)
+    else:  # one index per sample moved far from its window
+        flat = indices.reshape(shape[0], -1)
+        flat[:, flat.shape[1] // 2] = (flat[:, flat.shape[1] // 2] + plane // 2) % plane
+    grad = rng.standard_normal(values.shape)
+    expected = brute_max_backward(grad, indices, shape, dims)
+    if channels_last:
+        last = (shape[0],) + shape[2:] + (shape[1],)
+        got = backward(
+            "max",
+            dims,
+            np.moveaxis(grad, 1, -1).copy(),
+            np.moveaxis(indices, 1, -1).copy(),
+            last,
+            backend=backend,
+            data_format="channels_last",
+        )
+        got = np.moveaxis(got, -1, 1)
+    else:
+        got = backward("max", dims, grad, indices, shape, backend=backend)
+    assert_close(got, expected)
+    torch = require_torch()
+    g, ix = torch.from_numpy(grad), torch.from_numpy(indices)
+    if dims == 1:  # PyTorch runs its 1d pooling through the 2d kernels
+        g, ix, x = g.unsqueeze(2), ix.unsqueeze(2), x[:, :, None]
+    op = getattr(torch.ops.aten, f"adaptive_max_pool{max(dims, 2)}d_backward")
+    ref = op(g, torch.from_numpy(x), ix).numpy().reshape(shape)
+    assert_close(expected, ref)
