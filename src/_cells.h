@@ -15,6 +15,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h> /* memcpy */
 
 #include "_simd.h" /* FP_RESTRICT */
 
@@ -476,5 +477,123 @@ FP_AVG_BWD_VEC(double)
 
 FP_AVG_BWD_BLOCK(float)
 FP_AVG_BWD_BLOCK(double)
+
+/* --------------------------------------------------- max backward: one element, by gather */
+
+/* dst[c] (c < nc) = the sum, from +0.0 and in output order, of g[cell][c] over the covering
+ * cells [od0, od1) x [oh0, oh1) x [ow0, ow1) whose index ix[cell][c] is pos: the scatter's
+ * sum for this element (a cell that does not point here adds +0.0, which changes nothing:
+ * these sums are never -0.0). Cell (od, oh, ow) sits at od*sd + oh*sh + ow*sw in g and at
+ * od*id + oh*ih + ow*iw in ix, channel stride 1 in both. Returns the (cell, channel) pairs
+ * that point here: the caller adds them up to learn whether every index was found. The
+ * selects are integer masks (compilers turn ternaries back into branches). */
+#define FP_MAX_BWD_ARGS(T)                                                                    \
+    T *dst, const T *g, const int64_t *ix, ptrdiff_t sd, ptrdiff_t sh, ptrdiff_t sw,          \
+        ptrdiff_t id, ptrdiff_t ih, ptrdiff_t iw, ptrdiff_t od0, ptrdiff_t od1, ptrdiff_t oh0, \
+        ptrdiff_t oh1, ptrdiff_t ow0, ptrdiff_t ow1, int64_t pos
+#define FP_MAX_BWD_PASS(c0)                                                                   \
+    dst + (c0), g + (c0), ix + (c0), sd, sh, sw, id, ih, iw, od0, od1, oh0, oh1, ow0, ow1, pos
+
+#define FP_MAX_BWD_BLOCK(T, U)                                                                \
+    FP_INLINE ptrdiff_t fp_max_bwd_block_##T(FP_MAX_BWD_ARGS(T), ptrdiff_t m) {               \
+        T v[32];                                                                              \
+        ptrdiff_t od, oh, ow, j, hits = 0;                                                    \
+        for (j = 0; j < m; j++) v[j] = 0;                                                     \
+        for (od = od0; od < od1; od++)                                                        \
+            for (oh = oh0; oh < oh1; oh++)                                                    \
+                for (ow = ow0; ow < ow1; ow++) {                                              \
+                    const T *x = g + od * sd + oh * sh + ow * sw;                             \
+                    const int64_t *k = ix + od * id + oh * ih + ow * iw;                      \
+                    for (j = 0; j < m; j++) {                                                 \
+                        U mask = (U)0 - (U)(k[j] == pos), bits;                               \
+                        T t;                                                                  \
+                        memcpy(&bits, x + j, sizeof(T));                                      \
+                        bits &= mask;                                                         \
+                        memcpy(&t, &bits, sizeof(T));                                         \
+                        v[j] += t;                                                            \
+                        hits += k[j] == pos;                                                  \
+                    }                                                                         \
+                }                                                                             \
+        for (j = 0; j < m; j++) dst[j] = v[j];                                                \
+        return hits;                                                                          \
+    }
+FP_MAX_BWD_BLOCK(float, uint32_t)
+FP_MAX_BWD_BLOCK(double, uint64_t)
+
+#if FP_VEXT && (defined(__clang__) || __GNUC__ >= 12)
+/* Full blocks in registers: 32 float or 16 double channels, four vectors of sums. A float
+ * lane's mask is the low half of its int64 comparison. */
+#define FP_MAX_BWD_VECTORS 1
+#define FP_NARROW_MASK(a, b)                                                                  \
+    __builtin_shufflevector((fp_k_float)(a), (fp_k_float)(b), 0, 2, 4, 6, 8, 10, 12, 14)
+
+FP_INLINE ptrdiff_t fp_max_bwd_vec_float(FP_MAX_BWD_ARGS(float)) {
+    fp_v_float v0 = {0}, v1 = {0}, v2 = {0}, v3 = {0};
+    fp_k_float n = {0};
+    fp_k_double p = {pos, pos, pos, pos};
+    ptrdiff_t od, oh, ow, j, hits = 0;
+    for (od = od0; od < od1; od++)
+        for (oh = oh0; oh < oh1; oh++)
+            for (ow = ow0; ow < ow1; ow++) {
+                const fp_k_float *x = (const fp_k_float *)(g + od * sd + oh * sh + ow * sw);
+                const fp_k_double *k = (const fp_k_double *)(ix + od * id + oh * ih + ow * iw);
+                fp_k_float m0 = FP_NARROW_MASK(k[0] == p, k[1] == p);
+                fp_k_float m1 = FP_NARROW_MASK(k[2] == p, k[3] == p);
+                fp_k_float m2 = FP_NARROW_MASK(k[4] == p, k[5] == p);
+                fp_k_float m3 = FP_NARROW_MASK(k[6] == p, k[7] == p);
+                v0 += (fp_v_float)(x[0] & m0);
+                v1 += (fp_v_float)(x[1] & m1);
+                v2 += (fp_v_float)(x[2] & m2);
+                v3 += (fp_v_float)(x[3] & m3);
+                n += (m0 + m1) + (m2 + m3); /* -1 per hit */
+            }
+    ((fp_v_float *)dst)[0] = v0;
+    ((fp_v_float *)dst)[1] = v1;
+    ((fp_v_float *)dst)[2] = v2;
+    ((fp_v_float *)dst)[3] = v3;
+    for (j = 0; j < 8; j++) hits -= n[j];
+    return hits;
+}
+
+FP_INLINE ptrdiff_t fp_max_bwd_vec_double(FP_MAX_BWD_ARGS(double)) {
+    fp_v_double v0 = {0}, v1 = {0}, v2 = {0}, v3 = {0};
+    fp_k_double n = {0};
+    fp_k_double p = {pos, pos, pos, pos};
+    ptrdiff_t od, oh, ow, j, hits = 0;
+    for (od = od0; od < od1; od++)
+        for (oh = oh0; oh < oh1; oh++)
+            for (ow = ow0; ow < ow1; ow++) {
+                const fp_k_double *x = (const fp_k_double *)(g + od * sd + oh * sh + ow * sw);
+                const fp_k_double *k = (const fp_k_double *)(ix + od * id + oh * ih + ow * iw);
+                fp_k_double m0 = k[0] == p, m1 = k[1] == p, m2 = k[2] == p, m3 = k[3] == p;
+                v0 += (fp_v_double)(x[0] & m0);
+                v1 += (fp_v_double)(x[1] & m1);
+                v2 += (fp_v_double)(x[2] & m2);
+                v3 += (fp_v_double)(x[3] & m3);
+                n += (m0 + m1) + (m2 + m3); /* -1 per hit */
+            }
+    ((fp_v_double *)dst)[0] = v0;
+    ((fp_v_double *)dst)[1] = v1;
+    ((fp_v_double *)dst)[2] = v2;
+    ((fp_v_double *)dst)[3] = v3;
+    for (j = 0; j < 4; j++) hits -= n[j];
+    return hits;
+}
+#define FP_MAX_BWD_FULL(T, c0) fp_max_bwd_vec_##T(FP_MAX_BWD_PASS(c0))
+#else
+#define FP_MAX_BWD_VECTORS 0
+#define FP_MAX_BWD_FULL(T, c0) fp_max_bwd_block_##T(FP_MAX_BWD_PASS(c0), 32 * 4 / sizeof(T))
+#endif
+
+#define FP_MAX_BWD_GATHER(T)                                                                  \
+    static inline ptrdiff_t fp_max_bwd_gather_##T(FP_MAX_BWD_ARGS(T), ptrdiff_t nc) {         \
+        const ptrdiff_t B = 32 * sizeof(float) / sizeof(T);                                   \
+        ptrdiff_t c0 = 0, hits = 0;                                                           \
+        for (; c0 + B <= nc; c0 += B) hits += FP_MAX_BWD_FULL(T, c0);                         \
+        if (c0 < nc) hits += fp_max_bwd_block_##T(FP_MAX_BWD_PASS(c0), nc - c0);              \
+        return hits;                                                                          \
+    }
+FP_MAX_BWD_GATHER(float)
+FP_MAX_BWD_GATHER(double)
 
 #endif

@@ -69,6 +69,18 @@ cdef extern from "_cells.h" nogil:
                                Py_ssize_t sw, Py_ssize_t od0, Py_ssize_t od1, Py_ssize_t oh0,
                                Py_ssize_t oh1, Py_ssize_t ow0, Py_ssize_t ow1,
                                const fp_weight* wt, Py_ssize_t wsd, Py_ssize_t wsh, Py_ssize_t nc)
+    Py_ssize_t fp_max_bwd_gather_float(float* dst, const float* g, const int64_t* ix,
+                                       Py_ssize_t sd, Py_ssize_t sh, Py_ssize_t sw,
+                                       Py_ssize_t id, Py_ssize_t ih, Py_ssize_t iw,
+                                       Py_ssize_t od0, Py_ssize_t od1, Py_ssize_t oh0,
+                                       Py_ssize_t oh1, Py_ssize_t ow0, Py_ssize_t ow1,
+                                       int64_t pos, Py_ssize_t nc)
+    Py_ssize_t fp_max_bwd_gather_double(double* dst, const double* g, const int64_t* ix,
+                                        Py_ssize_t sd, Py_ssize_t sh, Py_ssize_t sw,
+                                        Py_ssize_t id, Py_ssize_t ih, Py_ssize_t iw,
+                                        Py_ssize_t od0, Py_ssize_t od1, Py_ssize_t oh0,
+                                        Py_ssize_t oh1, Py_ssize_t ow0, Py_ssize_t ow1,
+                                        int64_t pos, Py_ssize_t nc)
 
 cdef extern from "_omp_compat.h":
     const int FASTPOOL_OPENMP
@@ -1475,6 +1487,56 @@ cdef Py_ssize_t _max_bwd_cl(const floating* go, const int64_t* idx, floating* gi
     return found
 
 
+cdef Py_ssize_t _max_bwd_cl_gather(const floating* go, const int64_t* idx, floating* gi, Geom g,
+                                   const Py_ssize_t* cover_d, const Py_ssize_t* hruns,
+                                   Py_ssize_t nhr, const Py_ssize_t* cover_w,
+                                   Py_ssize_t task) noexcept nogil:
+    """Channels-last ``grad_input[n, :, d, h_begin:h_end, :]`` by gather (channels-last
+    gradients and indices): each element sums, in output order, the covering cells that
+    point at it, its channels in registers; written once, no zero fill. For small windows,
+    where each cell is read by few elements (compare _max_bwd_cl). Returns the (cell,
+    channel) pairs found, as _max_bwd_cl."""
+    cdef Py_ssize_t hr = task % nhr, t = task // nhr
+    cdef Py_ssize_t d = t % g.d, n = t // g.d, h, w
+    cdef const Py_ssize_t* run = hruns + 4 * hr
+    cdef const floating* gp = go + n * g.sn
+    cdef const int64_t* ip = idx + n * g.in_
+    cdef floating* dst
+    cdef int64_t pos
+    cdef Py_ssize_t found = 0
+    for h in range(run[0], run[1]):
+        for w in range(g.w):
+            dst = gi + n * g.bn + d * g.bd + h * g.bh + w * g.bw
+            pos = (d * g.h + h) * g.w + w
+            if floating is float:
+                found += fp_max_bwd_gather_float(
+                    dst, gp, ip, g.sd, g.sh, g.sw, g.id, g.ih, g.iw, cover_d[2 * d],
+                    cover_d[2 * d + 1], run[2], run[3], cover_w[2 * w], cover_w[2 * w + 1],
+                    pos, g.c)
+            else:
+                found += fp_max_bwd_gather_double(
+                    dst, gp, ip, g.sd, g.sh, g.sw, g.id, g.ih, g.iw, cover_d[2 * d],
+                    cover_d[2 * d + 1], run[2], run[3], cover_w[2 * w], cover_w[2 * w + 1],
+                    pos, g.c)
+    return found
+
+
+cdef Py_ssize_t _window_sum(Py_ssize_t size_in, Py_ssize_t size_out) noexcept nogil:
+    """The sum of the window lengths of one axis (the reads of a gather along it)."""
+    cdef Py_ssize_t i, start, end, total = 0
+    for i in range(size_out):
+        _window(i, size_in, size_out, &start, &end)
+        total += end - start
+    return total
+
+
+cdef enum:
+    # Average window size (in elements) up to which the channels-last max backward gathers:
+    # the gather reads each cell once per element of its window, vectorised; the scatter
+    # reads it once but adds one channel at a time.
+    _GATHER_WINDOW = 4
+
+
 cdef void _max_bwd_cl_slab(const floating* go, const int64_t* idx, floating* gi, Geom g,
                            bint dense, Py_ssize_t n) noexcept nogil:
     """Channels-last ``grad_input[n]``: zero it, then add every cell at its index in output
@@ -1588,7 +1650,8 @@ cdef int _max_backward(const floating* gop, floating* gip, cnp.ndarray grad_outp
                        and (g.d == 1 or g.bd == g.h * g.w * g.bw))
     cdef Py_ssize_t task, ntasks, nhr, hits = 0
     cdef int nt
-    cdef bint group
+    cdef bint group, gather
+    cdef Py_ssize_t* cover_w
     cdef const int64_t* ip = <const int64_t*>cnp.PyArray_DATA(indices)
     cdef Py_ssize_t* cover_d
     cdef Py_ssize_t* hruns
@@ -1626,17 +1689,32 @@ cdef int _max_backward(const floating* gop, floating* gip, cnp.ndarray grad_outp
     _task_threads(g.n, num_threads, &nt)
     if _indices_bad(ip, g, True, False, g.n, nt):
         return 1
-    if not (dense and g.bw == g.c and g.n >= 4 * num_threads
-            and g.d * g.h * g.w * g.c * sizeof(floating) <= 65536):
+    gather = (g.sc == 1 and g.ic == 1
+              and _window_sum(g.d, g.od) * _window_sum(g.h, g.oh) * _window_sum(g.w, g.ow)
+              <= _GATHER_WINDOW * g.od * g.oh * g.ow)
+    if gather or not (dense and g.bw == g.c and g.n >= 4 * num_threads
+                      and g.d * g.h * g.w * g.c * sizeof(floating) <= 65536):
         # rows that the same cells cover, one run per task
-        cover_d = <Py_ssize_t*>_alloc((2 * g.d + 4 * g.h) * sizeof(Py_ssize_t))
+        cover_d = <Py_ssize_t*>_alloc((2 * g.d + 4 * g.h + 2 * g.w) * sizeof(Py_ssize_t))
         hruns = cover_d + 2 * g.d
+        cover_w = hruns + 4 * g.h
         try:
             _fill_windows(cover_d, g.od, g.d)
+            _fill_windows(cover_w, g.ow, g.w)
             nhr = _fill_cover_runs(hruns, g.h, g.oh)
             ntasks = g.n * g.d * nhr
             _task_threads(ntasks, num_threads, &nt)
-            if nt == 1:  # no thread team for one thread
+            if gather:
+                if nt == 1:  # no thread team for one thread
+                    with nogil:
+                        for task in range(ntasks):
+                            hits += _max_bwd_cl_gather(gop, ip, gip, g, cover_d, hruns, nhr,
+                                                       cover_w, task)
+                else:
+                    for task in prange(ntasks, nogil=True, schedule='static', num_threads=nt):
+                        hits += _max_bwd_cl_gather(gop, ip, gip, g, cover_d, hruns, nhr,
+                                                   cover_w, task)
+            elif nt == 1:
                 with nogil:
                     for task in range(ntasks):
                         hits += _max_bwd_cl(gop, ip, gip, g, cover_d, hruns, nhr, task)
