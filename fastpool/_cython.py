@@ -189,9 +189,12 @@ def avg_backward(grad_output: np.ndarray, grad_input: np.ndarray) -> None:
         grad_input[...] = gi
 
 
-def max_backward(grad_output: np.ndarray, indices: np.ndarray, grad_input: np.ndarray) -> bool:
+def max_backward(
+    grad_output: np.ndarray, indices: np.ndarray, grad_input: np.ndarray, fresh: bool = False
+) -> bool:
     """Scatter the gradients into ``grad_input``; False, with nothing written, when an index
-    lies outside the plane (the extension checks every index before it writes)."""
+    lies outside the plane (the extension checks every index before it writes, whatever
+    ``fresh`` says: in the scatter's own tasks, that check costs nothing measurable)."""
     gi, channels_last = grad_input, _channels_last(grad_input)
     if channels_last is None:
         gi, channels_last = _stand_in(grad_input, False)

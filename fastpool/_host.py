@@ -3,15 +3,16 @@
 A CPU backend module only defines four kernels over 5-D arrays ``(N, C, D, H, W)`` of any
 strides and the dtypes it handles natively::
 
-    avg_forward(x, out)                        max_forward(x, out, indices)
-    avg_backward(grad_output, grad_input)      max_backward(grad_output, indices, grad_input)
+    avg_forward(x, out)                    max_forward(x, out, indices)
+    avg_backward(grad_output, grad_input)  max_backward(grad_output, indices, grad_input[, fresh])
 
 Kernels write every element of their outputs and never see empty arrays. Everything else
 (validation, allocation, ``out=``, float16 through float32) happens here, before they run.
 One exception: a module with ``CHECKS_INDICES = True`` checks the max-backward indices
-itself, in the same call and in parallel, before its kernel writes anything; its
-``max_backward`` returns False, having written nothing, when one lies outside the plane,
-and the ValueError is raised here.
+itself, in the same call and in parallel; its ``max_backward`` returns False when one lies
+outside the plane, and the ValueError is raised here. It writes nothing then, unless told
+``fresh=True`` (``grad_input`` was made here and is dropped on an error): a kernel may
+then check only when its results say it met a bad index.
 """
 
 from __future__ import annotations
@@ -83,14 +84,15 @@ class HostBackend:
         g5, gi5 = plan.view5(grad_output), plan.view5(grad_input)
         args = (plan.view5(indices),) if kind == "max" else ()
         kernel = getattr(self.module, f"{kind}_backward")
+        checks = kind == "max" and self.checks_indices
         if self._native(plan.dtype):
-            ok = kernel(g5, *args, gi5)
+            ok = kernel(g5, *args, gi5, **({"fresh": out is None} if checks else {}))
         else:
             tmp = np.empty(plan.in5, dtype=_F32)
-            ok = kernel(g5.astype(_F32), *args, tmp)
+            ok = kernel(g5.astype(_F32), *args, tmp, **({"fresh": True} if checks else {}))
             if ok is not False:
                 gi5[...] = tmp
-        if ok is False:  # an index outside the plane (the kernel wrote nothing)
+        if ok is False:  # an index outside the plane (out= untouched)
             v.check_index_bounds(given, plan.plane)  # raises, naming the index
             raise AssertionError("the kernel reported an index the check does not find")
         return grad_input

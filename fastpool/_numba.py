@@ -936,6 +936,7 @@ def _max_bwd_planar_part(t, nt, go, indices, gi, hits, Do, Ho, Wo, D, H, W, R):
     chs, che = _bounds(Ho, H)
     buf = np.empty(R * W, np.float64)
     found = 0
+    usize = np.uint64(size)
     first, last = _chunk(t, P * slabs, nt)
     _, _, p, s = _unravel(first, 1, P, slabs)
     for _ in range(first, last):
@@ -951,10 +952,12 @@ def _max_bwd_planar_part(t, nt, go, indices, gi, hits, Do, Ho, Wo, D, H, W, R):
             continue
         for j in range(m):
             buf[j] = 0.0
-        if m == size:  # the slab is the plane: every index falls in it (validated)
+        if m == size:  # the slab is the plane: any index in the plane falls in it
             for o in range(p * cells, (p + 1) * cells):
-                buf[np.uint64(ixf[np.uint64(o)])] += gof[np.uint64(o)]
-            found += cells
+                j = np.uint64(ixf[np.uint64(o)])  # one unsigned test: negative ones are huge
+                if j < usize:
+                    buf[j] += gof[np.uint64(o)]
+                    found += 1
         else:
             da, db = r0 // H, (r1 - 1) // H
             oh0, oh1 = 0, Ho
@@ -1770,10 +1773,11 @@ def max_forward(x, out, indices):
         indices[...] = itarget
 
 
-def _backward(kind, inputs, grad_input):
+def _backward(kind, inputs, grad_input, fresh=False):
     """Run the kernel of ``grad_input``'s layout (through a temporary for other strides).
     Both layouts give the same bits: sums run over the same terms in the same order. False,
-    with nothing written, when a max index lies outside the plane."""
+    with nothing written (unless ``fresh``: see :func:`max_backward`), when a max index lies
+    outside the plane."""
     n, c, d, h, w = grad_input.shape
     _, _, do, ho, wo = inputs[0].shape
     work = grad_input.size + len(inputs) * inputs[0].size
@@ -1804,7 +1808,10 @@ def _backward(kind, inputs, grad_input):
         target = np.empty((n, d, h, w, c) if channels_last else (n, c, d, h, w), grad_input.dtype)
         target = target.reshape(-1, c) if channels_last else target.reshape(n * c, -1)
     args = [_as_layout(a, channels_last) for a in inputs]
-    if kind == "max" and not _positions_ok(args[1].reshape(-1), d * h * w):
+    # The kernels below find an index only where it lies in the plane (a gather, or a
+    # scatter into the rows it falls in), so a bad one writes nothing out of bounds: with a
+    # fresh grad_input, the check waits until their count says an index was not found.
+    if kind == "max" and not fresh and not _positions_ok(args[1].reshape(-1), d * h * w):
         return False
     if kind == "avg":
         if channels_last:
@@ -1818,7 +1825,9 @@ def _backward(kind, inputs, grad_input):
         else:
             rows = max(1, min(_SLAB // w, d * h))
             _max_bwd_planar(work, *args, target, hits, do, ho, wo, d, h, w, rows)
-        if hits.sum() != args[0].size:
+        if sum(hits.tolist()) != args[0].size:
+            if fresh and not _positions_ok(args[1].reshape(-1), d * h * w):
+                return False
             # Some index lies outside its own cell's window (in the plane, so valid, but not
             # from a forward pass): those kernels look for each index only where its window
             # could put it. The SPEC's scatter, which takes any position, rewrites it all.
@@ -1855,7 +1864,7 @@ def _positions_ok(ix, plane):
     thread that then reads them again), before anything is written."""
     bad = np.zeros(numba.config.NUMBA_NUM_THREADS, np.bool_)
     _positions_bad(ix.size, ix, bad, plane)
-    return not bad.any()
+    return not any(bad.tolist())  # (ndarray.any costs 0.7 us on two elements)
 
 
 #: Most output cells whose reciprocal window sizes the average backward keeps in a table.
@@ -1870,7 +1879,8 @@ def avg_backward(grad_output, grad_input):
     _backward("avg", [grad_output], grad_input)
 
 
-def max_backward(grad_output, indices, grad_input):
-    """``grad_input.plane[indices[o]] += grad_output[o]``, summed in output order; False,
-    with nothing written, when an index lies outside the plane."""
-    return _backward("max", [grad_output, indices], grad_input)
+def max_backward(grad_output, indices, grad_input, fresh=False):
+    """``grad_input.plane[indices[o]] += grad_output[o]``, summed in output order; False
+    when an index lies outside the plane, with nothing written unless ``fresh`` (the caller
+    made ``grad_input`` and discards it then: the check runs only when needed)."""
+    return _backward("max", [grad_output, indices], grad_input, fresh)
