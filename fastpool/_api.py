@@ -19,7 +19,7 @@ OutputSize = int | None | tuple[int | None, ...]
 
 
 def _is_dask(x) -> bool:
-    return (type(x).__module__ or "").startswith("dask.")
+    return type(x) is not np.ndarray and (type(x).__module__ or "").startswith("dask.")
 
 
 def _resolve(backend, x, name):

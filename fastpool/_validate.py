@@ -65,6 +65,8 @@ _PAD_SPATIAL = {d: (slice(None), slice(None)) + (np.newaxis,) * (3 - d) for d in
 
 def is_device_array(x) -> bool:
     """True for arrays living on a GPU (CUDA array interface, or a numba device array)."""
+    if type(x) is np.ndarray:  # the common case, answered without attribute lookups
+        return False
     if hasattr(x, "__cuda_array_interface__"):
         return True
     mod = type(x).__module__ or ""
@@ -342,6 +344,8 @@ def check_out(out, shape, dtype, name: str = "out") -> np.ndarray:
 def check_no_overlap(outputs, inputs) -> None:
     """Outputs may not share memory with inputs or with each other."""
     outs = [(n, a) for n, a in outputs if a is not None]
+    if not outs:
+        return
     for i, (name, a) in enumerate(outs):
         for other, b in list(inputs) + outs[i + 1 :]:
             if isinstance(b, np.ndarray) and np.may_share_memory(a, b):
