@@ -192,15 +192,16 @@ def avg_backward(grad_output: np.ndarray, grad_input: np.ndarray) -> None:
 def max_backward(
     grad_output: np.ndarray, indices: np.ndarray, grad_input: np.ndarray, fresh: bool = False
 ) -> bool:
-    """Scatter the gradients into ``grad_input``; False, with nothing written, when an index
-    lies outside the plane (the extension checks every index before it writes, whatever
-    ``fresh`` says: in the scatter's own tasks, that check costs nothing measurable)."""
+    """Scatter the gradients into ``grad_input``; False when an index lies outside the
+    plane, with nothing written unless ``fresh`` (the caller made ``grad_input`` and drops
+    it then: the kernels test each index as they read it instead of in a pass of their
+    own, a fifth of a small call)."""
     gi, channels_last = grad_input, _channels_last(grad_input)
     if channels_last is None:
         gi, channels_last = _stand_in(grad_input, False)
     g, i = _aligned(grad_output), _aligned(indices)
-    if not _max_backward(g, i, gi, channels_last, _threads(gi.size + g.size)):
-        return False  # an index outside the plane: nothing written
+    if not _max_backward(g, i, gi, channels_last, _threads(gi.size + g.size), fresh):
+        return False  # an index outside the plane (grad_input untouched unless fresh)
     if gi is not grad_input:
         grad_input[...] = gi
     return True

@@ -1373,24 +1373,34 @@ cdef inline Py_ssize_t _offset(Geom g, int64_t p, bint dense) noexcept nogil:
     return (p // (g.h * g.w)) * g.bd + ((p // g.w) % g.h) * g.bh + (p % g.w) * g.bw
 
 
-cdef void _max_bwd_scatter(const floating* go, const int64_t* idx, floating* gi, Geom g,
+cdef bint _max_bwd_scatter(const floating* go, const int64_t* idx, floating* gi, Geom g,
                            bint dense, Py_ssize_t plane) noexcept nogil:
-    """``grad_input[n, c].flat[indices[o]] += grad_output[o]`` in output order (one plane)."""
+    """``grad_input[n, c].flat[indices[o]] += grad_output[o]`` in output order (one plane).
+    An index outside the plane is skipped, and makes it return True."""
     cdef Py_ssize_t c = plane % g.c, n = plane // g.c, od, oh, ow
     cdef const floating* gp = go + n * g.sn + c * g.sc
     cdef const int64_t* ip = idx + n * g.in_ + c * g.ic
     cdef floating* base = gi + n * g.bn + c * g.bc
+    cdef uint64_t size = <uint64_t>(g.d * g.h * g.w)
     cdef Py_ssize_t off
+    cdef int64_t p
+    cdef bint bad = False
     for od in range(g.od):
         for oh in range(g.oh):
             for ow in range(g.ow):
-                off = _offset(g, ip[od * g.id + oh * g.ih + ow * g.iw], dense)
+                p = ip[od * g.id + oh * g.ih + ow * g.iw]
+                if <uint64_t>p >= size:  # (as unsigned, a negative index is huge)
+                    bad = True
+                    continue
+                off = _offset(g, p, dense)
                 base[off] = base[off] + gp[od * g.sd + oh * g.sh + ow * g.sw]
+    return bad
 
 
-cdef void _max_bwd_planar(const floating* go, const int64_t* idx, floating* gi, Geom g,
+cdef bint _max_bwd_planar(const floating* go, const int64_t* idx, floating* gi, Geom g,
                           bint dense, Py_ssize_t plane) noexcept nogil:
-    """Zero one plane, then scatter into it while it is still in cache."""
+    """Zero one plane, then scatter into it while it is still in cache (True: an index was
+    outside the plane)."""
     cdef Py_ssize_t c = plane % g.c, n = plane // g.c, d, h
     cdef floating* base = gi + n * g.bn + c * g.bc
     if dense:
@@ -1399,39 +1409,56 @@ cdef void _max_bwd_planar(const floating* go, const int64_t* idx, floating* gi, 
         for d in range(g.d):
             for h in range(g.h):
                 memset(base + d * g.bd + h * g.bh, 0, g.w * sizeof(floating))
-    _max_bwd_scatter(go, idx, gi, g, dense, plane)
+    return _max_bwd_scatter(go, idx, gi, g, dense, plane)
 
 
 cdef enum:
     _GROUP = 8  # planes per task of _max_bwd_group
 
 
-cdef void _max_bwd_group(const floating* go, const int64_t* idx, floating* gi, Geom g,
+cdef bint _max_bwd_group(const floating* go, const int64_t* idx, floating* gi, Geom g,
                          Py_ssize_t task) noexcept nogil:
     """Planes [8 * task, 8 * task + 8) of small dense planes that follow each other at
     fixed strides (C order): zero them, then add every cell in output order, the eight
     planes' additions interleaved. One plane alone is a chain of dependent read-add-writes
     whenever neighbouring cells share their maximum (upsampling: most of them), each waiting
     on the store before it; eight independent chains overlap. The order of the additions
-    into each element is unchanged (output order)."""
+    into each element is unchanged (output order). An index outside the plane is skipped
+    and makes it return True (a test in the loop costs nothing measurable there, a pass of
+    its own over the indices a fifth of the time)."""
     cdef Py_ssize_t p0 = task * _GROUP, m = min(<Py_ssize_t>_GROUP, g.n * g.c - p0)
-    cdef Py_ssize_t j, o, k, jb, ncell = g.od * g.oh * g.ow
+    cdef Py_ssize_t ncell = g.od * g.oh * g.ow
     cdef Py_ssize_t size = g.d * g.h * g.w
     cdef floating* base = gi + p0 * g.bc
     cdef const floating* gp = go + p0 * g.sc
     cdef const int64_t* ip = idx + p0 * g.ic
-    cdef int64_t p
     memset(base, 0, m * size * sizeof(floating))
-    # Plane j's cell o is at j * sc + o in both gradients and indices (sc == ic): offsets
-    # kept incrementally, so eight planes need three pointers, not twenty-four registers.
+    if m == _GROUP:  # a constant count: the plane loop unrolls without a test per plane
+        return _group_cells(gp, ip, base, _GROUP, ncell, size, g.sc)
+    return _group_cells(gp, ip, base, m, ncell, size, g.sc)
+
+
+cdef inline bint _group_cells(const floating* gp, const int64_t* ip, floating* base,
+                              Py_ssize_t m, Py_ssize_t ncell, Py_ssize_t size,
+                              Py_ssize_t sc) noexcept nogil:
+    """The additions of _max_bwd_group. Plane j's cell o is at j * sc + o in both gradients
+    and indices: offsets kept incrementally, so eight planes need three pointers, not
+    twenty-four registers."""
+    cdef Py_ssize_t o, j, k, jb
+    cdef int64_t p
+    cdef bint bad = False
     for o in range(ncell):
         k = o
         jb = 0
         for j in range(m):
             p = ip[k]
-            base[jb + p] = base[jb + p] + gp[k]
-            k = k + g.sc
+            if <uint64_t>p < <uint64_t>size:
+                base[jb + p] = base[jb + p] + gp[k]
+            else:
+                bad = True
+            k = k + sc
             jb = jb + size
+    return bad
 
 
 cdef Py_ssize_t _max_bwd_cl(const floating* go, const int64_t* idx, floating* gi, Geom g,
@@ -1537,15 +1564,19 @@ cdef enum:
     _GATHER_WINDOW = 4
 
 
-cdef void _max_bwd_cl_slab(const floating* go, const int64_t* idx, floating* gi, Geom g,
+cdef bint _max_bwd_cl_slab(const floating* go, const int64_t* idx, floating* gi, Geom g,
                            bint dense, Py_ssize_t n) noexcept nogil:
     """Channels-last ``grad_input[n]``: zero it, then add every cell at its index in output
     order; no row-range tests (compare _max_bwd_cl), so any index in the plane. The fast
-    path when the sample fits in cache, and the fallback of the others."""
+    path when the sample fits in cache, and the fallback of the others. An index outside
+    the plane is skipped and makes it return True."""
     cdef Py_ssize_t od, oh, ow, c, d, h, w, off
     cdef floating* base = gi + n * g.bn
     cdef const floating* gp
     cdef const int64_t* ip
+    cdef uint64_t size = <uint64_t>(g.d * g.h * g.w)
+    cdef int64_t p
+    cdef bint bad = False
     if dense and g.bw == g.c:
         memset(base, 0, g.d * g.h * g.w * g.c * sizeof(floating))
     else:
@@ -1561,11 +1592,20 @@ cdef void _max_bwd_cl_slab(const floating* go, const int64_t* idx, floating* gi,
                 if dense and g.bw == g.c and g.ic == 1 and g.sc == 1:
                     # unit strides: fewer registers, no multiplies
                     for c in range(g.c):
-                        base[ip[c] * g.c + c] = base[ip[c] * g.c + c] + gp[c]
+                        p = ip[c]
+                        if <uint64_t>p < size:
+                            base[p * g.c + c] = base[p * g.c + c] + gp[c]
+                        else:
+                            bad = True
                 else:
                     for c in range(g.c):
-                        off = _offset(g, ip[c * g.ic], dense) + c
-                        base[off] = base[off] + gp[c * g.sc]
+                        p = ip[c * g.ic]
+                        if <uint64_t>p < size:
+                            off = _offset(g, p, dense) + c
+                            base[off] = base[off] + gp[c * g.sc]
+                        else:
+                            bad = True
+    return bad
 
 
 cdef inline bint _any_out_of_plane(const int64_t* ip, Py_ssize_t n, uint64_t plane) noexcept nogil:
@@ -1636,20 +1676,23 @@ cdef bint _indices_bad(const int64_t* ip, Geom g, bint channels_last, bint group
 
 cdef int _max_backward(const floating* gop, floating* gip, cnp.ndarray grad_output,
                        cnp.ndarray indices, cnp.ndarray grad_input, bint channels_last,
-                       int num_threads) except -1:
+                       int num_threads, bint fresh) except -1:
     """Zero, then scatter-add in output order, each element by one thread: deterministic
     without atomics (planar: one plane, or eight small ones, per task; channels-last: one
-    sample or one run of rows per task).
+    sample or one run of rows per task, or a gather).
 
-    Returns 1, having written nothing, when an index lies outside the plane: every index is
-    checked first, in a loop that only reads them (the scatter would write out of bounds)."""
+    Returns 1 when an index lies outside the plane. No kernel writes out of bounds for one:
+    the scatters test each index as they read it, the row and gather kernels only find
+    indices in their rows. Unless ``fresh`` (grad_input is the caller's own, dropped on an
+    error), every index is checked first, in a loop that only reads them, so that nothing
+    is written then."""
     cdef Geom g = _geom(_shape(grad_input), _strides(grad_input), _shape(grad_output),
                         _strides(grad_output), sizeof(floating))
     _set_index_strides(&g, _strides(indices))
     cdef bint dense = ((g.h == 1 or g.bh == g.w * g.bw)
                        and (g.d == 1 or g.bd == g.h * g.w * g.bw))
     cdef Py_ssize_t task, ntasks, nhr, hits = 0
-    cdef int nt
+    cdef int nt, bad = 0
     cdef bint group, gather
     cdef Py_ssize_t* cover_w
     cdef const int64_t* ip = <const int64_t*>cnp.PyArray_DATA(indices)
@@ -1668,26 +1711,26 @@ cdef int _max_backward(const floating* gop, floating* gip, cnp.ndarray grad_outp
         if group:
             ntasks = (ntasks + _GROUP - 1) // _GROUP
         _task_threads(ntasks, num_threads, &nt)
-        if _indices_bad(ip, g, False, group, ntasks, nt):
+        if not fresh and _indices_bad(ip, g, False, group, ntasks, nt):
             return 1
         if group:
             if nt == 1:  # no thread team for one thread
                 with nogil:
                     for task in range(ntasks):
-                        _max_bwd_group(gop, ip, gip, g, task)
+                        bad += _max_bwd_group(gop, ip, gip, g, task)
             else:
                 for task in prange(ntasks, nogil=True, schedule='static', num_threads=nt):
-                    _max_bwd_group(gop, ip, gip, g, task)
+                    bad += _max_bwd_group(gop, ip, gip, g, task)
         elif nt == 1:  # no thread team for one thread
             with nogil:
                 for task in range(ntasks):
-                    _max_bwd_planar(gop, ip, gip, g, dense, task)
+                    bad += _max_bwd_planar(gop, ip, gip, g, dense, task)
         else:
             for task in prange(ntasks, nogil=True, schedule='static', num_threads=nt):
-                _max_bwd_planar(gop, ip, gip, g, dense, task)
-        return 0
+                bad += _max_bwd_planar(gop, ip, gip, g, dense, task)
+        return 1 if bad else 0
     _task_threads(g.n, num_threads, &nt)
-    if _indices_bad(ip, g, True, False, g.n, nt):
+    if not fresh and _indices_bad(ip, g, True, False, g.n, nt):
         return 1
     gather = (g.sc == 1 and g.ic == 1
               and _window_sum(g.d, g.od) * _window_sum(g.h, g.oh) * _window_sum(g.w, g.ow)
@@ -1725,19 +1768,22 @@ cdef int _max_backward(const floating* gop, floating* gip, cnp.ndarray grad_outp
             free(cover_d)
         if hits == g.n * g.c * g.od * g.oh * g.ow:
             return 0
-        # Some index lies outside the rows its cell's window covers (in the plane, so
-        # valid, but not from a forward pass): no task added it. Scatter it all again.
+        # Some index was not found in the rows its cell's window covers: outside the plane
+        # (an error), or elsewhere in it (valid, but not from a forward pass: no task added
+        # it, so the slabs below scatter it all again).
         _task_threads(g.n, num_threads, &nt)
+        if fresh and _indices_bad(ip, g, True, False, g.n, nt):
+            return 1
     # one (n) slab per task: small dense ones, enough of them, like the planar planes; or
     # the fallback above
     if nt == 1:  # no thread team for one thread
         with nogil:
             for task in range(g.n):
-                _max_bwd_cl_slab(gop, ip, gip, g, dense, task)
+                bad += _max_bwd_cl_slab(gop, ip, gip, g, dense, task)
     else:
         for task in prange(g.n, nogil=True, schedule='static', num_threads=nt):
-            _max_bwd_cl_slab(gop, ip, gip, g, dense, task)
-    return 0
+            bad += _max_bwd_cl_slab(gop, ip, gip, g, dense, task)
+    return 1 if bad else 0
 
 
 # ========================================================================= entry points
@@ -1780,16 +1826,18 @@ def avg_backward(cnp.ndarray grad_output not None, cnp.ndarray grad_input not No
 
 
 def max_backward(cnp.ndarray grad_output not None, cnp.ndarray indices not None,
-                 cnp.ndarray grad_input not None, bint channels_last, int num_threads):
+                 cnp.ndarray grad_input not None, bint channels_last, int num_threads,
+                 bint fresh=False):
     """``grad_input.flat_plane[indices] += grad_output``, each element by one thread; True.
-    False, with ``grad_input`` untouched, when an index lies outside the plane (all are
-    checked before any element is written)."""
+    False when an index lies outside the plane, with ``grad_input`` untouched unless
+    ``fresh`` (then the indices are tested as the kernels read them, and what was written
+    is the caller's to drop)."""
     cdef int t = _float_kind(grad_input, grad_output, True)
     _check_array(indices, cnp.NPY_INT64, False)
     if t == cnp.NPY_FLOAT:
         return _max_backward(<const float*>cnp.PyArray_DATA(grad_output),
                              <float*>cnp.PyArray_DATA(grad_input), grad_output, indices,
-                             grad_input, channels_last, num_threads) == 0
+                             grad_input, channels_last, num_threads, fresh) == 0
     return _max_backward(<const double*>cnp.PyArray_DATA(grad_output),
                          <double*>cnp.PyArray_DATA(grad_input), grad_output, indices,
-                         grad_input, channels_last, num_threads) == 0
+                         grad_input, channels_last, num_threads, fresh) == 0

@@ -168,14 +168,16 @@ def test_max_backward_index_checks(backend, dims):
     np.testing.assert_array_equal(as_int32, ref)
 
 
+@pytest.mark.parametrize("osize", [4, 1])
 @pytest.mark.parametrize("data_format", ["channels_first", "channels_last"])
 @pytest.mark.parametrize("n", [1, 16])
-def test_max_backward_bad_index_without_out(backend, data_format, n):
-    # Without out= as well: the indices are checked before any kernel runs whichever path
-    # the kernel would take (Cython: planes, channels-last samples, runs of rows).
+def test_max_backward_bad_index_without_out(backend, data_format, n, osize):
+    # Without out= as well, whichever path the kernel takes (planes, eight planes at a time,
+    # channels-last samples, runs of rows, gathers): without out=, kernels may test the
+    # indices as they read them instead of before.
     x = np.random.default_rng(1).standard_normal((n, 6, 6, 6))
     values, indices = fastpool.adaptive_max_pool2d(
-        x, 4, True, backend=backend, data_format=data_format
+        x, osize, True, backend=backend, data_format=data_format
     )
     for where in (0, indices.size - 1):
         for bad_value in (-1, 36, 2**62):
