@@ -904,7 +904,7 @@ def _max_bwd_planes(t, nt, go, indices, gi, C, sc):
     P, size = gi.shape
     cells = len(go) // P
     sp = C if sc == 1 else 1
-    buf = np.empty((size, 4), np.float64)
+    buf = np.empty((size, 4), gi.dtype)
     base = np.empty(4, np.int64)
     first, last = _chunk(t, P, nt)
     p = first
@@ -945,10 +945,10 @@ def _max_bwd_planar(nt, go, indices, gi, hits, Do, Ho, Wo, D, H, W, R):
 
 @njit(error_model="numpy")
 def _max_bwd_planar_part(t, nt, go, indices, gi, hits, Do, Ho, Wo, D, H, W, R):
-    """One work item per slab of ``R`` input rows of a plane, summed in an L1-sized buffer:
+    """One work item per slab of ``R`` input rows of a plane (L1-sized), zeroed in place:
     every output cell that may cover the slab adds its gradient at its index when that falls
-    in the slab, in output order (the order of the SPEC's loop), then the slab is stored.
-    Flat indices (no row views to build per plane: small planes are mostly that).
+    in the slab, in output order (the order of the SPEC's loop), in the data type. Flat
+    indices (no row views to build per plane: small planes are mostly that).
 
     ``hits[t]`` counts the cells added: one whose index lies outside the rows its window
     covers is in no slab that looks for it, and the host then falls back to a scatter."""
@@ -958,7 +958,7 @@ def _max_bwd_planar_part(t, nt, go, indices, gi, hits, Do, Ho, Wo, D, H, W, R):
     slabs = (D * H + R - 1) // R
     cds, cde = _bounds(Do, D)
     chs, che = _bounds(Ho, H)
-    buf = np.empty(R * W, np.float64)
+    zero = gi.dtype.type(0)
     found = 0
     usize = np.uint64(size)
     first, last = _chunk(t, P * slabs, nt)
@@ -967,20 +967,21 @@ def _max_bwd_planar_part(t, nt, go, indices, gi, hits, Do, Ho, Wo, D, H, W, R):
         r0 = s * R
         r1 = min(r0 + R, D * H)
         lo, m = r0 * W, (r1 - r0) * W
-        if cells == 1:  # global pooling: one pass writes the slab (0.0 + g: no -0.0)
-            g, ix, at = 0.0 + gof[np.uint64(p)], ixf[np.uint64(p)] - lo, p * size + lo
+        at = np.uint64(p * size + lo)
+        if cells == 1:  # global pooling: one pass writes the slab (0 + g: no -0.0)
+            g, ix = zero + gof[np.uint64(p)], ixf[np.uint64(p)] - lo
             for j in range(m):
-                gif[np.uint64(at + j)] = g if j == ix else 0.0
+                gif[at + np.uint64(j)] = g if j == ix else zero
             found += 0 <= ix < m
             _, _, p, s = _next(0, 0, p, s, 1, P, slabs)
             continue
         for j in range(m):
-            buf[j] = 0.0
+            gif[at + np.uint64(j)] = zero
         if m == size:  # the slab is the plane: any index in the plane falls in it
             for o in range(p * cells, (p + 1) * cells):
                 j = np.uint64(ixf[np.uint64(o)])  # one unsigned test: negative ones are huge
                 if j < usize:
-                    buf[j] += gof[np.uint64(o)]
+                    gif[at + j] += gof[np.uint64(o)]
                     found += 1
         else:
             da, db = r0 // H, (r1 - 1) // H
@@ -993,12 +994,37 @@ def _max_bwd_planar_part(t, nt, go, indices, gi, hits, Do, Ho, Wo, D, H, W, R):
                     for o in range(row, row + Wo):
                         j = ixf[np.uint64(o)] - lo
                         if 0 <= j < m:
-                            buf[np.uint64(j)] += gof[np.uint64(o)]
+                            gif[at + np.uint64(j)] += gof[np.uint64(o)]
                             found += 1
-        at = p * size + lo
-        for j in range(m):
-            gif[np.uint64(at + j)] = buf[j]
         _, _, p, s = _next(0, 0, p, s, 1, P, slabs)
+    hits[t] = found
+
+
+@_kernel("in", "in", "out", "out", "int")
+def _max_bwd_plane(nt, go, indices, gi, hits, cells):
+    for t in prange(nt):
+        _max_bwd_plane_part(np.int64(t), nt, go, indices, gi, hits, cells)
+
+
+@njit(error_model="numpy")
+def _max_bwd_plane_part(t, nt, go, indices, gi, hits, cells):
+    """:func:`_max_bwd_planar_part` when every slab is a whole plane: one plane per work
+    item, without the slab bookkeeping (most of the time of small planes)."""
+    P, size = gi.shape
+    gof, ixf, gif = go.reshape(go.size), indices.reshape(indices.size), gi.reshape(gi.size)
+    zero = gi.dtype.type(0)
+    usize = np.uint64(size)
+    found = 0
+    first, last = _chunk(t, P, nt)
+    for p in range(first, last):
+        at = np.uint64(p * size)
+        for j in range(size):
+            gif[at + np.uint64(j)] = zero
+        for o in range(p * cells, (p + 1) * cells):
+            j = np.uint64(ixf[np.uint64(o)])  # one unsigned test: negative ones are huge
+            if j < usize:
+                gif[at + j] += gof[np.uint64(o)]
+                found += 1
     hits[t] = found
 
 
@@ -1131,8 +1157,9 @@ def _max_bwd_cl(nt, go, indices, gi, hits, N, Do, Ho, Wo, D, H, W):
 
 @njit(inline="always")
 def _hit(g, ix, q, flat):
-    """The gradient ``g[q]`` if its cell's index ``ix[q]`` is ``flat``, else 0.0."""
-    return g[np.uint64(q)] if ix[np.uint64(q)] == flat else 0.0
+    """The gradient ``g[q]`` if its cell's index ``ix[q]`` is ``flat``, else 0 (of g's
+    type: the max backward adds in the data type, as the planar scatter does)."""
+    return g[np.uint64(q)] if ix[np.uint64(q)] == flat else g.dtype.type(0)
 
 
 @njit(inline="always")
@@ -1157,7 +1184,8 @@ def _max_bwd_cl_part(t, nt, go, indices, gi, hits, N, Do, Ho, Wo, D, H, W):
     cds, cde = _bounds(Do, D)
     chs, che = _bounds(Ho, H)
     cws, cwe = _bounds(Wo, W)
-    col = np.empty(C, np.float64)
+    col = np.empty(C, gi.dtype)
+    zero = gi.dtype.type(0)
     found = 0
     first, last = _chunk(t, N * D * H, nt)
     _, n, d, h = _unravel(first, N, D, H)
@@ -1173,20 +1201,20 @@ def _max_bwd_cl_part(t, nt, go, indices, gi, hits, N, Do, Ho, Wo, D, H, W):
                 if nw == 1:
                     k = 0  # this loop's hits
                     for c in range(C):
-                        gif[np.uint64(at + c)] = 0.0 + _hit(gof, ixf, q + c, flat)
+                        gif[np.uint64(at + c)] = zero + _hit(gof, ixf, q + c, flat)
                         k += _match(ixf, q + c, flat)
                     found += k
                 elif nw == 2:
                     k = 0  # this loop's hits
                     for c in range(C):
-                        s = 0.0 + _hit(gof, ixf, q + c, flat)
+                        s = zero + _hit(gof, ixf, q + c, flat)
                         gif[np.uint64(at + c)] = s + _hit(gof, ixf, q + C + c, flat)
                         k += _match(ixf, q + c, flat) + _match(ixf, q + C + c, flat)
                     found += k
                 else:
                     k = 0  # this loop's hits
                     for c in range(C):
-                        s = 0.0 + _hit(gof, ixf, q + c, flat)
+                        s = zero + _hit(gof, ixf, q + c, flat)
                         s += _hit(gof, ixf, q + C + c, flat)
                         gif[np.uint64(at + c)] = s + _hit(gof, ixf, q + 2 * C + c, flat)
                         k += (
@@ -1201,14 +1229,14 @@ def _max_bwd_cl_part(t, nt, go, indices, gi, hits, N, Do, Ho, Wo, D, H, W):
                 if nw == 1:
                     k = 0  # this loop's hits
                     for c in range(C):
-                        s = 0.0 + _hit(gof, ixf, q + c, flat)
+                        s = zero + _hit(gof, ixf, q + c, flat)
                         gif[np.uint64(at + c)] = s + _hit(gof, ixf, q2 + c, flat)
                         k += _match(ixf, q + c, flat) + _match(ixf, q2 + c, flat)
                     found += k
                 elif nw == 2:
                     k = 0  # this loop's hits
                     for c in range(C):
-                        s = 0.0 + _hit(gof, ixf, q + c, flat)
+                        s = zero + _hit(gof, ixf, q + c, flat)
                         s += _hit(gof, ixf, q + C + c, flat)
                         s += _hit(gof, ixf, q2 + c, flat)
                         gif[np.uint64(at + c)] = s + _hit(gof, ixf, q2 + C + c, flat)
@@ -1222,7 +1250,7 @@ def _max_bwd_cl_part(t, nt, go, indices, gi, hits, N, Do, Ho, Wo, D, H, W):
                 else:
                     k = 0  # this loop's hits
                     for c in range(C):
-                        s = 0.0 + _hit(gof, ixf, q + c, flat)
+                        s = zero + _hit(gof, ixf, q + c, flat)
                         s += _hit(gof, ixf, q + C + c, flat)
                         s += _hit(gof, ixf, q + 2 * C + c, flat)
                         s += _hit(gof, ixf, q2 + c, flat)
@@ -1576,7 +1604,7 @@ def _max_bwd_small_part(t, nt, go, indices, gi, Do, Ho, Wo, sc, cb):
     N, C, D, H, W = gi.shape
     sp = C if sc == 1 else 1
     sn = C * Do * Ho * Wo
-    res = np.empty((D * H * W, cb), np.float64)
+    res = np.empty((D * H * W, cb), gi.dtype)
     flat = res.reshape(-1)
     g = np.empty(cb, go.dtype)
     ix = np.empty(cb, np.int64)
@@ -1848,7 +1876,10 @@ def _backward(kind, inputs, grad_input, fresh=False):
             _max_bwd_cl(work, *args, target, hits, n, do, ho, wo, d, h, w)
         else:
             rows = max(1, min(_SLAB // w, d * h))
-            _max_bwd_planar(work, *args, target, hits, do, ho, wo, d, h, w, rows)
+            if rows == d * h and do * ho * wo > 1:  # whole planes, no slabs
+                _max_bwd_plane(work, *args, target, hits, do * ho * wo)
+            else:
+                _max_bwd_planar(work, *args, target, hits, do, ho, wo, d, h, w, rows)
         if sum(hits.tolist()) != args[0].size:
             if fresh and not _positions_ok(args[1].reshape(-1), d * h * w):
                 return False
