@@ -15,8 +15,9 @@ layout in place, so a forward from channels-first memory or a backward between d
 layouts costs no copy. Forward outputs may have any strides. Backward kernels
 gather: each element of ``grad_input`` is written once, by one thread, as a sum over the
 output cells covering it taken in output order -- no zero-fill pass, no atomics, the same
-bits for every thread count and both layouts. Sums are float64 (in the channels-last average,
-a window row is summed in the input's precision first).
+bits for every thread count and both layouts. Average sums are float64 (in the channels-last
+average forward, a window row is summed in the input's precision first); max-backward sums
+are in the data type, in output order (PyTorch's and the cython backend's bits).
 
 Each kernel is a ``prange`` over threads around a serial ``*_part`` function that does one
 thread's contiguous share of the work: numba optimises a plain function better than a
@@ -1898,7 +1899,7 @@ def _backward(kind, inputs, grad_input, fresh=False):
 def _max_bwd_scatter(work, args, target, channels_last, shape):
     """``target`` (the 2-D layout view of :func:`_backward`) = the scatter of ``args``
     (grad_output and indices in the same layout), in output order: any index in the plane,
-    through the small-plane kernel. Its float64 buffer, a plane by a block of channels per
+    through the small-plane kernel. Its buffer, a plane by a block of channels per
     thread, is kept below the size of the result where the block allows."""
     n, c, d, h, w = shape
     do, ho, wo = args[0].size // (n * c), 1, 1  # the kernel only uses the product of these
@@ -1925,7 +1926,7 @@ def _positions_ok(ix, plane):
 #: Most output cells whose reciprocal window sizes the average backward keeps in a table.
 _WEIGHTS_MAX = 1 << 16
 
-#: Elements per slab of the planar max backward: its float64 buffer stays in L1.
+#: Elements per slab of the planar max backward: it stays in L1 while cells add into it.
 _SLAB = 2048
 
 
