@@ -869,8 +869,8 @@ def _avg_bwd_planar_part(t, nt, go, gi, Do, Ho, Wo, D, H, W):
     cds, cde = _bounds(Do, D)  # output cells covering each input position
     chs, che = _bounds(Ho, H)
     starts, cfirst, cend = _runs(W, Wo)
-    acc = np.empty(Wo, np.float64)
-    values = np.empty(len(cfirst), np.float64)
+    acc = np.empty(Wo, gi.dtype)
+    values = np.empty(len(cfirst), gi.dtype)
     key = (-1, -1, -1, -1, -1)
     first, last = _chunk(t, P * D * H, nt)
     _, p, d, h = _unravel(first, P, D, H)
@@ -883,9 +883,9 @@ def _avg_bwd_planar_part(t, nt, go, gi, Do, Ho, Wo, D, H, W):
                     size = (de[od] - ds[od]) * (he[oh] - hs[oh])
                     g = go[p, (od * Ho + oh) * Wo : (od * Ho + oh + 1) * Wo]
                     for ow in range(Wo):
-                        acc[ow] += g[ow] * (1.0 / (size * (we[ow] - ws[ow])))
+                        acc[ow] += acc.dtype.type(g[ow] * (1.0 / (size * (we[ow] - ws[ow]))))
             for r in range(len(values)):  # in order, as _avg_bwd_cl adds them
-                v = 0.0
+                v = acc.dtype.type(0)
                 for ow in range(cfirst[r], cend[r]):
                     v += acc[ow]
                 values[r] = v
@@ -1075,8 +1075,9 @@ def _avg_bwd_cl_part(t, nt, go, gi, N, Do, Ho, Wo, D, H, W):
                 for ow in range(Wo):
                     wts[k] = _weight(wts, False, od, oh, ow, Ho, Wo, ds, de, hs, he, ws, we)
                     k += 1
-    acc = np.empty(Wo * C, np.float64)
-    col = np.empty(C, np.float64)
+    acc = np.empty(Wo * C, gi.dtype)
+    col = np.empty(C, gi.dtype)
+    zero = gi.dtype.type(0)
     key = (-1, -1, -1, -1, -1)
     _, n, d, h = _unravel(first, N, D, H)
     for _ in range(first, last):
@@ -1091,18 +1092,18 @@ def _avg_bwd_cl_part(t, nt, go, gi, N, Do, Ho, Wo, D, H, W):
             at, a = (base + starts[r]) * C, o0 * C
             if o1 - o0 == 1:
                 for c in range(C):
-                    gif[np.uint64(at + c)] = 0.0 + acc[np.uint64(a + c)]
+                    gif[np.uint64(at + c)] = zero + acc[np.uint64(a + c)]
             elif o1 - o0 == 2:
                 for c in range(C):
                     u, v = acc[np.uint64(a + c)], acc[np.uint64(a + C + c)]
-                    gif[np.uint64(at + c)] = (0.0 + u) + v
+                    gif[np.uint64(at + c)] = (zero + u) + v
             elif o1 - o0 == 3:
                 for c in range(C):
                     u, v = acc[np.uint64(a + c)], acc[np.uint64(a + C + c)]
-                    gif[np.uint64(at + c)] = ((0.0 + u) + v) + acc[np.uint64(a + 2 * C + c)]
+                    gif[np.uint64(at + c)] = ((zero + u) + v) + acc[np.uint64(a + 2 * C + c)]
             else:
                 for c in range(C):
-                    col[c] = 0.0 + acc[np.uint64(a + c)]
+                    col[c] = zero + acc[np.uint64(a + c)]
                 for ow in range(o0 + 1, o1):
                     for c in range(C):
                         col[c] += acc[np.uint64(ow * C + c)]
@@ -1120,7 +1121,11 @@ def _avg_bwd_cl_acc(gof, acc, wts, table, n, od0, od1, oh0, oh1, Do, Ho, Wo, C, 
                     ws, we):
     """``acc[ow * C + c]``: the weighted gradients of the cells (od0:od1, oh0:oh1, ow) summed
     in output order, for :func:`_avg_bwd_cl_part` (a function of its own: the hot loop
-    there stays small)."""
+    there stays small). A term is the float64 product of gradient and 1/size rounded once
+    to the data type (the quotient itself, correctly rounded, for float32 and windows below
+    2**24 elements); the sums are in the data type."""
+    T = acc.dtype.type
+    zero = T(0)
     # The first two covering rows of cells in one pass (the first starts the sums: no
     # zero-fill), any further rows added after it, in order.
     nh = oh1 - oh0
@@ -1134,12 +1139,12 @@ def _avg_bwd_cl_acc(gof, acc, wts, table, n, od0, od1, oh0, oh1, Do, Ho, Wo, C, 
         w1 = _weight(wts, table, od, oh, ow, Ho, Wo, ds, de, hs, he, ws, we)
         if rows == 1:
             for c in range(C):
-                acc[np.uint64(a + c)] = 0.0 + gof[np.uint64(b1 + a + c)] * w1
+                acc[np.uint64(a + c)] = zero + T(gof[np.uint64(b1 + a + c)] * w1)
         else:
             w2 = _weight(wts, table, od2, oh2, ow, Ho, Wo, ds, de, hs, he, ws, we)
             for c in range(C):
-                v = 0.0 + gof[np.uint64(b1 + a + c)] * w1
-                acc[np.uint64(a + c)] = v + gof[np.uint64(b2 + a + c)] * w2
+                v = zero + T(gof[np.uint64(b1 + a + c)] * w1)
+                acc[np.uint64(a + c)] = v + T(gof[np.uint64(b2 + a + c)] * w2)
     for k in range(2, rows):
         od, oh = od0 + k // nh, oh0 + k % nh
         b1 = ((n * Do + od) * Ho + oh) * Wo * C
@@ -1147,7 +1152,7 @@ def _avg_bwd_cl_acc(gof, acc, wts, table, n, od0, od1, oh0, oh1, Do, Ho, Wo, C, 
             a = ow * C
             w1 = _weight(wts, table, od, oh, ow, Ho, Wo, ds, de, hs, he, ws, we)
             for c in range(C):
-                acc[np.uint64(a + c)] += gof[np.uint64(b1 + a + c)] * w1
+                acc[np.uint64(a + c)] += T(gof[np.uint64(b1 + a + c)] * w1)
 
 
 @_kernel("in", "in", "out", "out", "int", "int", "int", "int", "int", "int", "int")
@@ -1557,8 +1562,9 @@ def _avg_bwd_small_part(t, nt, go, gi, Do, Ho, Wo, sc, cb):
             size = (de[od] - ds[od]) * (he[oh] - hs[oh])
             for ow in range(Wo):
                 weight[od, oh, ow] = 1.0 / (size * (we[ow] - ws[ow]))
-    acc = np.empty((Wo, cb), np.float64)
-    res = np.empty((D * H * W, cb), np.float64)
+    acc = np.empty((Wo, cb), gi.dtype)
+    res = np.empty((D * H * W, cb), gi.dtype)
+    T = gi.dtype.type
     g = np.empty(cb, go.dtype)
     blocks = (C + cb - 1) // cb
     first, last = _chunk(t, N * blocks, nt)
@@ -1579,7 +1585,7 @@ def _avg_bwd_small_part(t, nt, go, gi, Do, Ho, Wo, sc, cb):
                             _load(g, go, base + ((od * Ho + oh) * Wo + ow) * sp, sc, m)
                             wt = weight[od, oh, ow]
                             for j in range(m):
-                                a[j] += g[j] * wt
+                                a[j] += T(g[j] * wt)
                 for w in range(W):
                     dst = res[k]
                     for j in range(m):
