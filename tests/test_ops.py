@@ -265,3 +265,27 @@ def test_max_backward_takes_any_index_in_the_plane(
     op = getattr(torch.ops.aten, f"adaptive_max_pool{max(dims, 2)}d_backward")
     ref = op(g, torch.from_numpy(x), ix).numpy().reshape(shape)
     assert_close(expected, ref)
+
+
+@pytest.mark.parametrize("dtype", (np.float16, np.float32))
+@pytest.mark.parametrize("channels_last", (False, True), ids=("first", "last"))
+def test_any_index_into_out_and_low_precision(backend, rng, dtype, channels_last):
+    """The any-index fallback writes a strided ``out=`` completely, in every dtype."""
+    shape, osize = (6, 16, 9, 11), (4, 5)
+    values, indices = forward("max", 2, rng.standard_normal(shape), osize, backend="numpy")
+    indices = rng.integers(0, 99, size=indices.shape)
+    grad = rng.standard_normal(values.shape).astype(dtype)
+    expected = brute_max_backward(grad.astype(np.float32), indices, shape, 2)
+    out = np.asfortranarray(np.full(shape, 5.0, dtype))  # neither layout: a stand-in array
+    kw = {"backend": backend, "out": out}
+    if channels_last:
+        out = np.full((6, 9, 12, 16), 5.0, dtype)[:, :, :11]  # channels-last, rows padded
+        kw = {"backend": backend, "out": out, "data_format": "channels_last"}
+        got = backward(
+            "max", 2, np.moveaxis(grad, 1, -1), np.moveaxis(indices, 1, -1), out.shape, **kw
+        )
+        got = np.moveaxis(got, -1, 1)
+    else:
+        got = backward("max", 2, grad, indices, shape, **kw)
+    assert got.dtype == dtype
+    assert_close(got, expected.astype(dtype), dtype)
