@@ -441,8 +441,9 @@ def adaptive_max_pool1d_backward(
     """Gradient of :func:`adaptive_max_pool1d` with respect to its input.
 
     ``grad_input.plane[indices[o]] += grad_output[o]`` for every output cell ``o`` (indices
-    may repeat). Indices outside ``[0, L)`` or shaped unlike ``grad_output`` raise
-    ``ValueError`` before anything is computed.
+    may repeat, and may lie anywhere in the plane, as in PyTorch). Indices outside
+    ``[0, L)`` or shaped unlike ``grad_output`` raise ``ValueError``; nothing is written
+    out of bounds, and ``out=`` is left as it was.
 
     Parameters
     ----------

@@ -50,7 +50,8 @@ _F32 = np.dtype(np.float32)
 
 NATIVE_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
-#: max_backward checks the indices itself, before writing (see fastpool._host).
+#: max_backward checks the indices itself, before writing unless the caller made grad_input
+#: (see fastpool._host).
 CHECKS_INDICES = True
 
 #: True when the extension was built with OpenMP (else it runs on one thread).

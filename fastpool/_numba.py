@@ -36,8 +36,8 @@ from numba import njit, prange, types
 from numba.np.ufunc import parallel as _numba_parallel
 
 NATIVE_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
-#: ``max_backward`` checks the indices itself (in parallel, before any write) and returns
-#: False when one lies outside the plane; the caller raises.
+#: ``max_backward`` checks the indices itself (in parallel, before any write unless the caller
+#: made grad_input) and returns False when one lies outside the plane; the caller raises.
 CHECKS_INDICES = True
 
 # ----------------------------------------------------------------------------- threads
