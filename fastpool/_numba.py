@@ -949,7 +949,8 @@ def _max_bwd_planar_part(t, nt, go, indices, gi, hits, Do, Ho, Wo, D, H, W, R):
     """One work item per slab of ``R`` input rows of a plane (L1-sized), zeroed in place:
     every output cell that may cover the slab adds its gradient at its index when that falls
     in the slab, in output order (the order of the SPEC's loop), in the data type. Flat
-    indices (no row views to build per plane: small planes are mostly that).
+    indices. Planes that are one slab go to :func:`_max_bwd_plane_part`, unless pooled to a
+    single cell (the one-pass write below).
 
     ``hits[t]`` counts the cells added: one whose index lies outside the rows its window
     covers is in no slab that looks for it, and the host then falls back to a scatter."""
@@ -961,7 +962,6 @@ def _max_bwd_planar_part(t, nt, go, indices, gi, hits, Do, Ho, Wo, D, H, W, R):
     chs, che = _bounds(Ho, H)
     zero = gi.dtype.type(0)
     found = 0
-    usize = np.uint64(size)
     first, last = _chunk(t, P * slabs, nt)
     _, _, p, s = _unravel(first, 1, P, slabs)
     for _ in range(first, last):
@@ -978,25 +978,18 @@ def _max_bwd_planar_part(t, nt, go, indices, gi, hits, Do, Ho, Wo, D, H, W, R):
             continue
         for j in range(m):
             gif[at + np.uint64(j)] = zero
-        if m == size:  # the slab is the plane: any index in the plane falls in it
-            for o in range(p * cells, (p + 1) * cells):
-                j = np.uint64(ixf[np.uint64(o)])  # one unsigned test: negative ones are huge
-                if j < usize:
-                    gif[at + j] += gof[np.uint64(o)]
-                    found += 1
-        else:
-            da, db = r0 // H, (r1 - 1) // H
-            oh0, oh1 = 0, Ho
-            if da == db:
-                oh0, oh1 = chs[r0 - da * H], che[r1 - 1 - da * H]
-            for od in range(cds[da], cde[db]):
-                for oh in range(oh0, oh1):
-                    row = p * cells + (od * Ho + oh) * Wo
-                    for o in range(row, row + Wo):
-                        j = ixf[np.uint64(o)] - lo
-                        if 0 <= j < m:
-                            gif[at + np.uint64(j)] += gof[np.uint64(o)]
-                            found += 1
+        da, db = r0 // H, (r1 - 1) // H
+        oh0, oh1 = 0, Ho
+        if da == db:
+            oh0, oh1 = chs[r0 - da * H], che[r1 - 1 - da * H]
+        for od in range(cds[da], cde[db]):
+            for oh in range(oh0, oh1):
+                row = p * cells + (od * Ho + oh) * Wo
+                for o in range(row, row + Wo):
+                    j = ixf[np.uint64(o)] - lo
+                    if 0 <= j < m:
+                        gif[at + np.uint64(j)] += gof[np.uint64(o)]
+                        found += 1
         _, _, p, s = _next(0, 0, p, s, 1, P, slabs)
     hits[t] = found
 
@@ -1272,25 +1265,8 @@ def _max_bwd_cl_part(t, nt, go, indices, gi, hits, N, Do, Ho, Wo, D, H, W):
                         )
                     found += k
             else:
-                found += _max_bwd_cl_cells(
-                    gof,
-                    ixf,
-                    gif,
-                    col,
-                    at,
-                    n,
-                    cds[d],
-                    cde[d],
-                    chs[h],
-                    che[h],
-                    cws[w],
-                    nw,
-                    flat,
-                    Do,
-                    Ho,
-                    Wo,
-                    C,
-                )
+                found += _max_bwd_cl_cells(gof, ixf, gif, col, at, n, cds[d], cde[d], chs[h],
+                                           che[h], cws[w], nw, flat, Do, Ho, Wo, C)
         _, n, d, h = _next(0, n, d, h, N, D, H)
     hits[t] = found
 
