@@ -521,67 +521,45 @@ FP_MAX_BWD_BLOCK(float, uint32_t)
 FP_MAX_BWD_BLOCK(double, uint64_t)
 
 #if FP_VEXT && (defined(__clang__) || __GNUC__ >= 12)
-/* Full blocks in registers: 32 float or 16 double channels, four vectors of sums. A float
- * lane's mask is the low half of its int64 comparison. */
-#define FP_MAX_BWD_VECTORS 1
-#define FP_NARROW_MASK(a, b)                                                                  \
-    __builtin_shufflevector((fp_k_float)(a), (fp_k_float)(b), 0, 2, 4, 6, 8, 10, 12, 14)
+/* Full blocks in registers: 32 float or 16 double channels, four vectors of sums and one of
+ * hit counts (-1 per hit). FP_MASK_T(k, j, p): the lanes of vector j whose index is p; a
+ * float lane's mask is the low half of its int64 comparison. */
+#define FP_MASK_float(k, j, p)                                                                \
+    __builtin_shufflevector((fp_k_float)(k[2 * (j)] == p), (fp_k_float)(k[2 * (j) + 1] == p), \
+                            0, 2, 4, 6, 8, 10, 12, 14)
+#define FP_MASK_double(k, j, p) (k[j] == p)
 
-FP_INLINE ptrdiff_t fp_max_bwd_vec_float(FP_MAX_BWD_ARGS(float)) {
-    fp_v_float v0 = {0}, v1 = {0}, v2 = {0}, v3 = {0};
-    fp_k_float n = {0};
-    fp_k_double p = {pos, pos, pos, pos};
-    ptrdiff_t od, oh, ow, j, hits = 0;
-    for (od = od0; od < od1; od++)
-        for (oh = oh0; oh < oh1; oh++)
-            for (ow = ow0; ow < ow1; ow++) {
-                const fp_k_float *x = (const fp_k_float *)(g + od * sd + oh * sh + ow * sw);
-                const fp_k_double *k = (const fp_k_double *)(ix + od * id + oh * ih + ow * iw);
-                fp_k_float m0 = FP_NARROW_MASK(k[0] == p, k[1] == p);
-                fp_k_float m1 = FP_NARROW_MASK(k[2] == p, k[3] == p);
-                fp_k_float m2 = FP_NARROW_MASK(k[4] == p, k[5] == p);
-                fp_k_float m3 = FP_NARROW_MASK(k[6] == p, k[7] == p);
-                v0 += (fp_v_float)(x[0] & m0);
-                v1 += (fp_v_float)(x[1] & m1);
-                v2 += (fp_v_float)(x[2] & m2);
-                v3 += (fp_v_float)(x[3] & m3);
-                n += (m0 + m1) + (m2 + m3); /* -1 per hit */
-            }
-    ((fp_v_float *)dst)[0] = v0;
-    ((fp_v_float *)dst)[1] = v1;
-    ((fp_v_float *)dst)[2] = v2;
-    ((fp_v_float *)dst)[3] = v3;
-    for (j = 0; j < 8; j++) hits -= n[j];
-    return hits;
-}
-
-FP_INLINE ptrdiff_t fp_max_bwd_vec_double(FP_MAX_BWD_ARGS(double)) {
-    fp_v_double v0 = {0}, v1 = {0}, v2 = {0}, v3 = {0};
-    fp_k_double n = {0};
-    fp_k_double p = {pos, pos, pos, pos};
-    ptrdiff_t od, oh, ow, j, hits = 0;
-    for (od = od0; od < od1; od++)
-        for (oh = oh0; oh < oh1; oh++)
-            for (ow = ow0; ow < ow1; ow++) {
-                const fp_k_double *x = (const fp_k_double *)(g + od * sd + oh * sh + ow * sw);
-                const fp_k_double *k = (const fp_k_double *)(ix + od * id + oh * ih + ow * iw);
-                fp_k_double m0 = k[0] == p, m1 = k[1] == p, m2 = k[2] == p, m3 = k[3] == p;
-                v0 += (fp_v_double)(x[0] & m0);
-                v1 += (fp_v_double)(x[1] & m1);
-                v2 += (fp_v_double)(x[2] & m2);
-                v3 += (fp_v_double)(x[3] & m3);
-                n += (m0 + m1) + (m2 + m3); /* -1 per hit */
-            }
-    ((fp_v_double *)dst)[0] = v0;
-    ((fp_v_double *)dst)[1] = v1;
-    ((fp_v_double *)dst)[2] = v2;
-    ((fp_v_double *)dst)[3] = v3;
-    for (j = 0; j < 4; j++) hits -= n[j];
-    return hits;
-}
+#define FP_MAX_BWD_VEC(T)                                                                     \
+    FP_INLINE ptrdiff_t fp_max_bwd_vec_##T(FP_MAX_BWD_ARGS(T)) {                              \
+        fp_v_##T v0 = {0}, v1 = {0}, v2 = {0}, v3 = {0};                                      \
+        fp_k_##T n = {0};                                                                     \
+        fp_k_double p = {pos, pos, pos, pos};                                                 \
+        ptrdiff_t od, oh, ow, j, hits = 0;                                                    \
+        for (od = od0; od < od1; od++)                                                        \
+            for (oh = oh0; oh < oh1; oh++)                                                    \
+                for (ow = ow0; ow < ow1; ow++) {                                              \
+                    const fp_k_##T *x = (const fp_k_##T *)(g + od * sd + oh * sh + ow * sw);  \
+                    const fp_k_double *k =                                                    \
+                        (const fp_k_double *)(ix + od * id + oh * ih + ow * iw);              \
+                    fp_k_##T m0 = FP_MASK_##T(k, 0, p), m1 = FP_MASK_##T(k, 1, p);            \
+                    fp_k_##T m2 = FP_MASK_##T(k, 2, p), m3 = FP_MASK_##T(k, 3, p);            \
+                    v0 += (fp_v_##T)(x[0] & m0);                                              \
+                    v1 += (fp_v_##T)(x[1] & m1);                                              \
+                    v2 += (fp_v_##T)(x[2] & m2);                                              \
+                    v3 += (fp_v_##T)(x[3] & m3);                                              \
+                    n += (m0 + m1) + (m2 + m3);                                               \
+                }                                                                             \
+        ((fp_v_##T *)dst)[0] = v0;                                                            \
+        ((fp_v_##T *)dst)[1] = v1;                                                            \
+        ((fp_v_##T *)dst)[2] = v2;                                                            \
+        ((fp_v_##T *)dst)[3] = v3;                                                            \
+        for (j = 0; j < (ptrdiff_t)(sizeof(n) / sizeof(n[0])); j++) hits -= n[j];             \
+        return hits;                                                                          \
+    }
+FP_MAX_BWD_VEC(float)
+FP_MAX_BWD_VEC(double)
 #define FP_MAX_BWD_FULL(T, c0) fp_max_bwd_vec_##T(FP_MAX_BWD_PASS(c0))
 #else
-#define FP_MAX_BWD_VECTORS 0
 #define FP_MAX_BWD_FULL(T, c0) fp_max_bwd_block_##T(FP_MAX_BWD_PASS(c0), 32 * 4 / sizeof(T))
 #endif
 
