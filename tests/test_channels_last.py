@@ -82,13 +82,21 @@ def test_forward_is_channels_first_transposed(backend, rng, dims, shape, osize, 
 @pytest.mark.parametrize("dtype", (np.float32, np.float64))
 @pytest.mark.parametrize(
     ("shape", "osize"),
-    [((1, 24, 24, 48), 1), ((1, 8, 8, 1100), 1), ((2, 16, 16, 300), (3, 2))],
-    ids=("192B-per-position", "4400B", "1200B"),
+    [
+        ((1, 24, 24, 48), 1),
+        ((1, 8, 8, 1100), 1),
+        ((2, 16, 16, 300), (3, 2)),
+        ((1, 3, 20, 300), 1),
+        ((1, 2, 32, 1100), 1),
+    ],
+    ids=("192B-per-position", "4400B", "1200B", "rows-of-20", "rows-of-128KB"),
 )
 def test_average_of_windows_too_large_for_registers(backend, rng, shape, osize, dtype):
     """Windows holding more than L1 of channels are summed through an accumulator in
     memory, a run of positions at a time; the run length and the vector blocks depend on
-    the bytes per position (each branch is taken by one of these, float32 or float64)."""
+    the bytes per position and per window row (each branch is taken by one of these,
+    float32 or float64: whole rows, rows in runs of 12 and a rest, rows of 128 KB or more
+    one position at a time)."""
     x = rng.standard_normal(shape).astype(dtype)
     actual = fastpool.adaptive_avg_pool2d(x, osize, backend=backend, **CL)
     expected = fastpool.adaptive_avg_pool2d(np.moveaxis(x, -1, 1), osize, backend="numpy")
