@@ -567,18 +567,20 @@ cdef inline bint _in_registers(Py_ssize_t npos, Py_ssize_t nc, Py_ssize_t itemsi
     return nc * itemsize <= 256 or npos * nc * itemsize <= 32768
 
 
-cdef inline Py_ssize_t _run_chunk(Py_ssize_t npos, Py_ssize_t nbytes) noexcept nogil:
-    """Window positions per pass of fp_add_run: a window row of ``npos`` positions of
-    ``nbytes`` of channels each. Up to 256 bytes (one pass of registers) every pass reads
-    memory in order, so the row is one pass. Wider positions are read in register-wide
-    pieces, one stream per position of the pass: up to 12 streams, which the prefetcher
-    follows (11x11 and 22x22 windows of 512 floats 1.1-1.2x faster than one position per
-    pass, 14x14 of 256 floats 1.3x, 7x7 of 2048 floats 1.05-1.15x faster than four), unless
-    the row holds 128 KB or more: that is faster read in order, one position per pass
-    (32x32 windows of 1024 or 2048 floats 1.4x, 64x64 of 512 floats as fast)."""
+cdef inline Py_ssize_t _run_chunk(Py_ssize_t nbytes, bint dense) noexcept nogil:
+    """Window positions per pass of fp_add_run, for ``nbytes`` of channels per position.
+    Up to 256 bytes (one pass of registers) every pass reads memory in order, so a window
+    row is one pass. Wider positions are read in register-wide pieces, one stream per
+    position of the pass. Where the positions hold nothing but the block's channels
+    (``dense``: an input row is one run) and are 2 KB or more, one position per pass reads
+    the row in order, which the prefetcher follows best (7x7 windows of 2048 floats,
+    32x32 of 512-2048 floats 1.1-1.25x faster than 12 per pass); else up to 12 positions
+    per pass, 12 streams (narrower positions, or slices of them: 1.1-1.3x faster than one
+    by one for 11x11 to 22x22 windows of 256-512 floats, 0.5x of the time for 100x100
+    planes pooled to 3x3 in slices of 128 of 512 channels)."""
     if nbytes <= 256:
         return 1 << 30
-    if npos * nbytes >= 131072:
+    if dense and nbytes >= 2048:
         return 1
     return 12
 
@@ -596,8 +598,9 @@ cdef void _avg_fwd_cl(const floating* x, floating* out, floating* buf, Geom g,
                       Py_ssize_t task) noexcept nogil:
     """Output rows ``out[n, c0:c1, od, oh0:oh1, :]`` of a channels-last input (channel stride
     1): each cell's channels are summed over its window in registers (_cells.h), or for
-    large windows in an accumulator in L1, one pass per window position; straight into a
-    channels-last output, else into ``buf`` and then stored along the output's unit stride."""
+    large windows in an accumulator in memory that each input row adds its positions to
+    (see _run_chunk); straight into a channels-last output, else into ``buf`` and then
+    stored along the output's unit stride."""
     cdef Py_ssize_t cb = task % g.ncb, t = task // g.ncb
     cdef Py_ssize_t hb = t % g.nohb
     t = t // g.nohb
@@ -605,32 +608,50 @@ cdef void _avg_fwd_cl(const floating* x, floating* out, floating* buf, Geom g,
     cdef Py_ssize_t c0 = cb * g.cbs, nc = min(g.cbs, g.c - c0)
     cdef Py_ssize_t oh0 = hb * g.ohb, oh1 = min(g.oh, oh0 + g.ohb), oh
     cdef Py_ssize_t d0 = wd[2 * od], d1 = wd[2 * od + 1], h0, h1
-    cdef Py_ssize_t ow, w0, w1, cell, npos, c, d, h, chunk
+    cdef Py_ssize_t ow, w0, w1, npos, c, d, h
     cdef const floating* xp = x + n * g.bn + c0
     cdef floating* op = out + n * g.sn + c0 * g.sc + od * g.sd + oh0 * g.sh
-    cdef bint direct = g.sc == 1
+    cdef bint direct = g.sc == 1, mem
     cdef floating* dst
-    cell = 0
+    cdef floating* row
+    cdef Py_ssize_t chunk = _run_chunk(nc * sizeof(floating), g.bw == nc)
     for oh in range(oh0, oh1):
         h0 = wh[2 * oh]
         h1 = wh[2 * oh + 1]
+        row = op + (oh - oh0) * g.sh if direct else buf + (oh - oh0) * g.ow * nc
+        # Windows too large for registers: accumulators in memory, zeroed here and filled
+        # one input row at a time across all the cells of this output row (each row read
+        # in order once; a cell still adds its positions row by row, in scan order).
+        mem = False
         for ow in range(g.ow):
-            w0 = ww[2 * ow]
-            w1 = ww[2 * ow + 1]
-            dst = op + (oh - oh0) * g.sh + ow * g.sw if direct else buf + cell * nc
-            npos = (d1 - d0) * (h1 - h0) * (w1 - w0)
+            npos = (d1 - d0) * (h1 - h0) * (ww[2 * ow + 1] - ww[2 * ow])
             if not _in_registers(npos, nc, sizeof(floating)):
-                chunk = _run_chunk(w1 - w0, nc * sizeof(floating))
+                mem = True
+                dst = row + (ow * g.sw if direct else ow * nc)
                 for c in range(nc):
                     dst[c] = 0
-                for d in range(d0, d1):
-                    for h in range(h0, h1):
+        if mem:
+            for d in range(d0, d1):
+                for h in range(h0, h1):
+                    for ow in range(g.ow):
+                        w0 = ww[2 * ow]
+                        w1 = ww[2 * ow + 1]
+                        if _in_registers((d1 - d0) * (h1 - h0) * (w1 - w0), nc,
+                                         sizeof(floating)):
+                            continue
+                        dst = row + (ow * g.sw if direct else ow * nc)
                         if floating is float:
                             fp_add_run_float(dst, xp + d * g.bd + h * g.bh + w0 * g.bw,
                                              w1 - w0, g.bw, nc, chunk)
                         else:
                             fp_add_run_double(dst, xp + d * g.bd + h * g.bh + w0 * g.bw,
                                               w1 - w0, g.bw, nc, chunk)
+        for ow in range(g.ow):
+            w0 = ww[2 * ow]
+            w1 = ww[2 * ow + 1]
+            dst = row + (ow * g.sw if direct else ow * nc)
+            npos = (d1 - d0) * (h1 - h0) * (w1 - w0)
+            if not _in_registers(npos, nc, sizeof(floating)):
                 _scale(dst, npos, nc)
             elif floating is float:
                 fp_avg_cell_float(dst, xp + d0 * g.bd + h0 * g.bh + w0 * g.bw, d1 - d0,
@@ -638,7 +659,6 @@ cdef void _avg_fwd_cl(const floating* x, floating* out, floating* buf, Geom g,
             else:
                 fp_avg_cell_double(dst, xp + d0 * g.bd + h0 * g.bh + w0 * g.bw, d1 - d0,
                                    h1 - h0, w1 - w0, g.bd, g.bh, g.bw, nc)
-            cell = cell + 1
     if not direct:
         _store_cl(op, g, buf, oh1 - oh0, nc)
 

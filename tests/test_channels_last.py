@@ -20,7 +20,7 @@ from oracles import (
 )
 
 import fastpool
-from fastpool import _validate
+from fastpool import _threads, _validate
 
 KINDS = ("avg", "max")
 CL = {"data_format": "channels_last"}
@@ -87,20 +87,30 @@ def test_forward_is_channels_first_transposed(backend, rng, dims, shape, osize, 
         ((1, 8, 8, 1100), 1),
         ((2, 16, 16, 300), (3, 2)),
         ((1, 3, 20, 300), 1),
-        ((1, 2, 32, 1100), 1),
+        ((1, 2, 32, 1100), (1, 3)),
+        ((1, 3, 26, 300), (1, 3)),
     ],
-    ids=("192B-per-position", "4400B", "1200B", "rows-of-20", "rows-of-128KB"),
+    ids=("192B-per-position", "4400B", "1200B", "rows-of-20", "3-cells-a-row", "mixed-row"),
 )
 def test_average_of_windows_too_large_for_registers(backend, rng, shape, osize, dtype):
-    """Windows holding more than L1 of channels are summed through an accumulator in
-    memory, a run of positions at a time; the run length and the vector blocks depend on
-    the bytes per position and per window row (each branch is taken by one of these,
-    float32 or float64: whole rows, rows in runs of 12 and a rest, rows of 128 KB or more
-    one position at a time)."""
+    """Windows holding more than L1 of channels are summed through accumulators in
+    memory, each input row adding its positions to every cell of the output row, a run of
+    positions at a time; the run length and the vector blocks depend on the bytes per
+    position and on whether a task has all the channels (each branch is taken by one of
+    these, float32 or float64: whole rows, runs of 12 and a rest, one position at a time,
+    and a row whose middle cell is too large for registers while the others are not). One
+    thread takes every channel per task; three split them, as few cells leave too little
+    work for three threads otherwise."""
     x = rng.standard_normal(shape).astype(dtype)
-    actual = fastpool.adaptive_avg_pool2d(x, osize, backend=backend, **CL)
     expected = fastpool.adaptive_avg_pool2d(np.moveaxis(x, -1, 1), osize, backend="numpy")
-    assert_close(actual, np.moveaxis(expected, 1, -1))
+    previous = _threads._requested
+    try:
+        for threads in (1, 3):
+            fastpool.set_num_threads(threads)
+            actual = fastpool.adaptive_avg_pool2d(x, osize, backend=backend, **CL)
+            assert_close(actual, np.moveaxis(expected, 1, -1))
+    finally:
+        fastpool.set_num_threads(previous)
 
 
 @pytest.mark.parametrize("dtype", (np.float32, np.float64))
