@@ -7,7 +7,7 @@ and as ``fastpool._cy_avx2`` with AVX2, which ``fastpool/_cython.py`` picks when
 it (NumPy dispatches the same way; Numba compiles for the host CPU anyway). src/_simd.h holds
 the few loops written with intrinsics, because the compiler either cannot vectorise them
 without -ffast-math (a max reduction that must keep NaN), turns selects into branches, or
-keeps a sum's sixteen partial sums in memory.
+keeps a sum's partial sums in memory.
 
 Every kernel works on 5-D arrays ``(N, C, D, H, W)`` (1d/2d arrive with size-1 spatial axes)
 in one of two layouts, both read and written in place (fastpool/_cython.py picks the layout,
@@ -15,7 +15,7 @@ copies anything else once, and picks the thread count):
 
 * planar -- rows contiguous (``W`` stride 1), as in C-order ``(N, C, ...)`` arrays. Tasks are
   (plane, block of output rows). Average: the window's rows are added into a row buffer,
-  then each cell sums its columns (16 partial sums). Max: the column maxima over the
+  then each cell sums its columns (16 or 32 partial sums). Max: the column maxima over the
   window's rows, then the best column per cell; windows of one row (1d) or whole contiguous
   rows take a two-pass vector search. Global pooling (1x1x1 output) sums whole planes.
   Small planes (up to 1024 elements) go by blocks of channels: transposed into an L1

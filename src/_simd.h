@@ -50,10 +50,13 @@ static inline int fp_cpu_has_avx2(void) {
 /* Sum of n contiguous values (the average kernels' window and plane sums). Sixteen lanes
  * a[0..15], all starting at +0.0: element i of each whole block of 16 goes to lane i % 16,
  * then each block of 4 to lanes 0-3, then the last 0-3 elements to lanes 0, 1, 2; the lanes
- * are folded as a[j] + a[j + 8], a[j] + a[j + 4], (a[0] + a[1]) + (a[2] + a[3]). Runs of at
- * most 8 are one plain chain. The order depends on n only (deterministic), and the vector
- * builds give the bits of the scalar reference: where they add +0.0 to an unused lane, the
- * lane is unchanged (a sum that starts at +0.0 is never -0.0). Kept in registers: a C loop
+ * are folded as a[j] + a[j + 8], a[j] + a[j + 4], (a[0] + a[1]) + (a[2] + a[3]). For float
+ * sums of 64 or more, whole blocks of 32 come first, element i to lane i % 32 (lanes 16-31
+ * are b[0..15], also from +0.0), then a[j] = a[j] + b[j] and the rest as above: four
+ * vector chains instead of two (a memory-bound plane sum 1.1x faster). Runs of at most 8
+ * are one plain chain. The order depends on n only (deterministic), and the vector builds
+ * give the bits of the scalar reference: where they add +0.0 to an unused lane, the lane
+ * is unchanged (a sum that starts at +0.0 is never -0.0). Kept in registers: a C loop
  * over a stack array keeps the lanes in memory, a store and a load per addition. */
 #define FP_SUM_SHORT(T)                                                                      \
     T s = p[0];                                                                              \
@@ -61,7 +64,7 @@ static inline int fp_cpu_has_avx2(void) {
     for (i = 1; i < n; i++) s = s + p[i];                                                    \
     return s;
 
-#define FP_SUM_SCALAR(T)                                                                     \
+#define FP_SUM_SCALAR(T, wide)                                                               \
     static inline T fp_sum_scalar_##T(const T *p, ptrdiff_t n) {                            \
         T a[16];                                                                             \
         ptrdiff_t i = 0, j;                                                                  \
@@ -69,6 +72,16 @@ static inline int fp_cpu_has_avx2(void) {
             FP_SUM_SHORT(T)                                                                  \
         }                                                                                    \
         for (j = 0; j < 16; j++) a[j] = 0;                                                   \
+        if (wide && n >= 64) {                                                               \
+            T b[16];                                                                         \
+            for (j = 0; j < 16; j++) b[j] = 0;                                               \
+            for (; i + 32 <= n; i += 32)                                                     \
+                for (j = 0; j < 16; j++) {                                                   \
+                    a[j] = a[j] + p[i + j];                                                  \
+                    b[j] = b[j] + p[i + 16 + j];                                             \
+                }                                                                            \
+            for (j = 0; j < 16; j++) a[j] = a[j] + b[j];                                     \
+        }                                                                                    \
         for (; i + 16 <= n; i += 16)                                                         \
             for (j = 0; j < 16; j++) a[j] = a[j] + p[i + j];                                 \
         for (; i + 4 <= n; i += 4)                                                           \
@@ -78,8 +91,8 @@ static inline int fp_cpu_has_avx2(void) {
         for (j = 0; j < 4; j++) a[j] = a[j] + a[j + 4];                                      \
         return (a[0] + a[1]) + (a[2] + a[3]);                                                \
     }
-FP_SUM_SCALAR(float)
-FP_SUM_SCALAR(double)
+FP_SUM_SCALAR(float, 1)
+FP_SUM_SCALAR(double, 0)
 
 #if defined(__AVX2__)
 
@@ -92,6 +105,17 @@ static inline float fp_sum_float(const float *p, ptrdiff_t n) {
     }
     a0 = _mm256_setzero_ps(); /* lanes 0-7 */
     a1 = _mm256_setzero_ps(); /* lanes 8-15 */
+    if (n >= 64) {
+        __m256 b0 = _mm256_setzero_ps(), b1 = _mm256_setzero_ps(); /* lanes 16-23, 24-31 */
+        for (; i + 32 <= n; i += 32) {
+            a0 = _mm256_add_ps(a0, _mm256_loadu_ps(p + i));
+            a1 = _mm256_add_ps(a1, _mm256_loadu_ps(p + i + 8));
+            b0 = _mm256_add_ps(b0, _mm256_loadu_ps(p + i + 16));
+            b1 = _mm256_add_ps(b1, _mm256_loadu_ps(p + i + 24));
+        }
+        a0 = _mm256_add_ps(a0, b0);
+        a1 = _mm256_add_ps(a1, b1);
+    }
     for (; i + 16 <= n; i += 16) {
         a0 = _mm256_add_ps(a0, _mm256_loadu_ps(p + i));
         a1 = _mm256_add_ps(a1, _mm256_loadu_ps(p + i + 8));
@@ -145,6 +169,24 @@ static inline float fp_sum_float(const float *p, ptrdiff_t n) {
         FP_SUM_SHORT(float)
     }
     a0 = a1 = a2 = a3 = _mm_setzero_ps(); /* lanes 0-3, 4-7, 8-11, 12-15 */
+    if (n >= 64) {
+        __m128 b0, b1, b2, b3; /* lanes 16-19, 20-23, 24-27, 28-31 */
+        b0 = b1 = b2 = b3 = _mm_setzero_ps();
+        for (; i + 32 <= n; i += 32) {
+            a0 = _mm_add_ps(a0, _mm_loadu_ps(p + i));
+            a1 = _mm_add_ps(a1, _mm_loadu_ps(p + i + 4));
+            a2 = _mm_add_ps(a2, _mm_loadu_ps(p + i + 8));
+            a3 = _mm_add_ps(a3, _mm_loadu_ps(p + i + 12));
+            b0 = _mm_add_ps(b0, _mm_loadu_ps(p + i + 16));
+            b1 = _mm_add_ps(b1, _mm_loadu_ps(p + i + 20));
+            b2 = _mm_add_ps(b2, _mm_loadu_ps(p + i + 24));
+            b3 = _mm_add_ps(b3, _mm_loadu_ps(p + i + 28));
+        }
+        a0 = _mm_add_ps(a0, b0);
+        a1 = _mm_add_ps(a1, b1);
+        a2 = _mm_add_ps(a2, b2);
+        a3 = _mm_add_ps(a3, b3);
+    }
     for (; i + 16 <= n; i += 16) {
         a0 = _mm_add_ps(a0, _mm_loadu_ps(p + i));
         a1 = _mm_add_ps(a1, _mm_loadu_ps(p + i + 4));
