@@ -957,36 +957,14 @@ cdef inline void _max_fwd_row(const floating* xp, floating* op, int64_t* ip, Geo
         ip[ow * g.iw] = (d0 + dd) * hw + (h0 + hh) * g.w + w0 + col
 
 
-cdef void _max_window_mem(floating* m, int64_t* k, void* kpos, const floating* xp, Geom g,
-                          Py_ssize_t d0, Py_ssize_t d1, Py_ssize_t h0, Py_ssize_t h1,
-                          Py_ssize_t w0, Py_ssize_t w1, Py_ssize_t nc) noexcept nogil:
-    """``m[c], k[c]`` = max and position over a large channels-last window: running maxima
-    in memory (positions in ``kpos``, as wide as the data), one pass per window position."""
-    cdef Py_ssize_t hw = g.h * g.w, first = d0 * hw + h0 * g.w + w0, d, h, w, c
-    cdef int32_t* k32 = <int32_t*>kpos
-    cdef double* k64 = <double*>kpos
-    _copy(m, xp + d0 * g.bd + h0 * g.bh + w0 * g.bw, nc)
+cdef inline void _max_mem_start(floating* m, position* k, const floating* v, position first,
+                                Py_ssize_t nc) noexcept nogil:
+    """Running maxima of a window too large for registers, kept in memory (positions as wide
+    as the data: int32 for float, double for double), started at its first position."""
+    cdef Py_ssize_t c
+    _copy(m, v, nc)
     for c in range(nc):
-        if floating is float:
-            k32[c] = <int32_t>first
-        else:
-            k64[c] = <double>first
-    for d in range(d0, d1):
-        for h in range(h0, h1):
-            for w in range(w0, w1):
-                if d == d0 and h == h0 and w == w0:
-                    continue
-                if floating is float:
-                    _max_update(m, k32, xp + d * g.bd + h * g.bh + w * g.bw,
-                                <int32_t>(d * hw + h * g.w + w), nc)
-                else:
-                    _max_update(m, k64, xp + d * g.bd + h * g.bh + w * g.bw,
-                                <double>(d * hw + h * g.w + w), nc)
-    for c in range(nc):
-        if floating is float:
-            k[c] = k32[c]
-        else:
-            k[c] = <int64_t>k64[c]
+        k[c] = first
 
 
 cdef void _max_fwd_cl(const floating* x, floating* out, int64_t* idx, floating* mbuf,
@@ -994,8 +972,9 @@ cdef void _max_fwd_cl(const floating* x, floating* out, int64_t* idx, floating* 
                       const Py_ssize_t* wh, const Py_ssize_t* ww, Py_ssize_t task) noexcept nogil:
     """Output rows ``out[n, c0:c1, od, oh0:oh1, :]`` of a channels-last input: each cell's
     running maxima (and positions) over the channels stay in registers for its window
-    (_cells.h), written straight into channels-last outputs, else into ``mbuf``/``kbuf``
-    and then stored along the outputs' unit strides."""
+    (_cells.h), or for large windows in memory that each input row updates (as the average's
+    accumulators, see _avg_fwd_cl); written straight into channels-last outputs, else into
+    ``mbuf``/``kbuf`` and then stored along the outputs' unit strides."""
     cdef Py_ssize_t cb = task % g.ncb, t = task // g.ncb
     cdef Py_ssize_t hb = t % g.nohb
     t = t // g.nohb
@@ -1003,18 +982,57 @@ cdef void _max_fwd_cl(const floating* x, floating* out, int64_t* idx, floating* 
     cdef Py_ssize_t c0 = cb * g.cbs, nc = min(g.cbs, g.c - c0), c
     cdef Py_ssize_t oh0 = hb * g.ohb, oh1 = min(g.oh, oh0 + g.ohb), oh
     cdef Py_ssize_t d0 = wd[2 * od], d1 = wd[2 * od + 1], h0, h1
-    cdef Py_ssize_t hw = g.h * g.w, ow, w0, w1, cell, ncell, npos
-    cdef void* kpos = <void*>(kbuf + g.cbs * g.ow * g.ohb)  # positions of the memory path
+    cdef Py_ssize_t hw = g.h * g.w, ow, w0, w1, cell, ncell, npos, d, h, w
+    # running positions of the memory path, per cell of an output row
+    cdef void* kpos = <void*>(kbuf + g.cbs * g.ow * g.ohb)
     cdef const floating* xp = x + n * g.bn + c0
     cdef floating* op = out + n * g.sn + c0 * g.sc + od * g.sd + oh0 * g.sh
     cdef int64_t* ip = idx + n * g.in_ + c0 * g.ic + od * g.id + oh0 * g.ih
     cdef bint direct = g.sc == 1 and g.ic == 1
     cdef floating* m
     cdef int64_t* k
-    cell = 0
+    cdef bint mem
     for oh in range(oh0, oh1):
         h0 = wh[2 * oh]
         h1 = wh[2 * oh + 1]
+        cell = (oh - oh0) * g.ow
+        # Windows too large for registers: running maxima in memory for every such cell of
+        # the output row, taken on one input row at a time across the cells (each row read
+        # in order once; every cell still scans its window in order).
+        mem = False
+        for ow in range(g.ow):
+            w0 = ww[2 * ow]
+            w1 = ww[2 * ow + 1]
+            if not _in_registers((d1 - d0) * (h1 - h0) * (w1 - w0), nc, sizeof(floating)):
+                mem = True
+                m = op + (oh - oh0) * g.sh + ow * g.sw if direct else mbuf + (cell + ow) * nc
+                if floating is float:
+                    _max_mem_start(m, <int32_t*>kpos + ow * nc, xp + d0 * g.bd + h0 * g.bh
+                                   + w0 * g.bw, <int32_t>(d0 * hw + h0 * g.w + w0), nc)
+                else:
+                    _max_mem_start(m, <double*>kpos + ow * nc, xp + d0 * g.bd + h0 * g.bh
+                                   + w0 * g.bw, <double>(d0 * hw + h0 * g.w + w0), nc)
+        if mem:
+            for d in range(d0, d1):
+                for h in range(h0, h1):
+                    for ow in range(g.ow):
+                        w0 = ww[2 * ow]
+                        w1 = ww[2 * ow + 1]
+                        if _in_registers((d1 - d0) * (h1 - h0) * (w1 - w0), nc,
+                                         sizeof(floating)):
+                            continue
+                        m = (op + (oh - oh0) * g.sh + ow * g.sw if direct
+                             else mbuf + (cell + ow) * nc)
+                        w = w0 + 1 if d == d0 and h == h0 else w0
+                        for w in range(w, w1):
+                            if floating is float:
+                                _max_update(m, <int32_t*>kpos + ow * nc,
+                                            xp + d * g.bd + h * g.bh + w * g.bw,
+                                            <int32_t>(d * hw + h * g.w + w), nc)
+                            else:
+                                _max_update(m, <double*>kpos + ow * nc,
+                                            xp + d * g.bd + h * g.bh + w * g.bw,
+                                            <double>(d * hw + h * g.w + w), nc)
         for ow in range(g.ow):
             w0 = ww[2 * ow]
             w1 = ww[2 * ow + 1]
@@ -1022,11 +1040,15 @@ cdef void _max_fwd_cl(const floating* x, floating* out, int64_t* idx, floating* 
                 m = op + (oh - oh0) * g.sh + ow * g.sw
                 k = ip + (oh - oh0) * g.ih + ow * g.iw
             else:
-                m = mbuf + cell * nc
-                k = kbuf + cell * nc
+                m = mbuf + (cell + ow) * nc
+                k = kbuf + (cell + ow) * nc
             npos = (d1 - d0) * (h1 - h0) * (w1 - w0)
             if not _in_registers(npos, nc, sizeof(floating)):
-                _max_window_mem(m, k, kpos, xp, g, d0, d1, h0, h1, w0, w1, nc)
+                for c in range(nc):  # the positions, widened
+                    if floating is float:
+                        k[c] = (<int32_t*>kpos)[ow * nc + c]
+                    else:
+                        k[c] = <int64_t>(<double*>kpos)[ow * nc + c]
             elif floating is float:
                 fp_max_cell_float(m, k, xp + d0 * g.bd + h0 * g.bh + w0 * g.bw, d1 - d0,
                                   h1 - h0, w1 - w0, g.bd, g.bh, g.bw, nc,
@@ -1035,7 +1057,6 @@ cdef void _max_fwd_cl(const floating* x, floating* out, int64_t* idx, floating* 
                 fp_max_cell_double(m, k, xp + d0 * g.bd + h0 * g.bh + w0 * g.bw, d1 - d0,
                                    h1 - h0, w1 - w0, g.bd, g.bh, g.bw, nc,
                                    d0 * hw + h0 * g.w + w0, hw, g.w)
-            cell = cell + 1
     if direct:
         return
     _store_cl(op, g, mbuf, oh1 - oh0, nc)
@@ -1077,7 +1098,7 @@ cdef int _max_forward(const floating* xp, floating* op, cnp.ndarray x, cnp.ndarr
             bufsize = _per_thread(g.cbs * g.ow * g.ohb)
             mbuf = <floating*>_alloc(nt * bufsize * sizeof(floating))
             # per thread: int64 positions of the cells, then the running positions (int32
-            # or double) of one large window's channels
+            # or double) of the large windows of one output row
             kbuf = <int64_t*>_alloc(2 * nt * bufsize * sizeof(int64_t))
             if nt == 1:  # no thread team for one thread
                 with nogil:

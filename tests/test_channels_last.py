@@ -92,23 +92,26 @@ def test_forward_is_channels_first_transposed(backend, rng, dims, shape, osize, 
     ],
     ids=("192B-per-position", "4400B", "1200B", "rows-of-20", "3-cells-a-row", "mixed-row"),
 )
-def test_average_of_windows_too_large_for_registers(backend, rng, shape, osize, dtype):
-    """Windows holding more than L1 of channels are summed through accumulators in
-    memory, each input row adding its positions to every cell of the output row, a run of
+@pytest.mark.parametrize("kind", KINDS)
+def test_windows_too_large_for_registers(backend, rng, shape, osize, dtype, kind):
+    """Windows holding more than L1 of channels are pooled through sums or running maxima
+    in memory, each input row updating every such cell of the output row, a run of
     positions at a time; the run length and the vector blocks depend on the bytes per
     position and on whether a task has all the channels (each branch is taken by one of
     these, float32 or float64: whole rows, runs of 12 and a rest, one position at a time,
     and a row whose middle cell is too large for registers while the others are not). One
     thread takes every channel per task; three split them, as few cells leave too little
     work for three threads otherwise."""
-    x = rng.standard_normal(shape).astype(dtype)
-    expected = fastpool.adaptive_avg_pool2d(np.moveaxis(x, -1, 1), osize, backend="numpy")
+    x = _data(rng, shape, kind, dtype)
+    expected = forward(kind, 2, np.moveaxis(x, -1, 1), osize, backend="numpy")
     previous = _threads._requested
     try:
         for threads in (1, 3):
             fastpool.set_num_threads(threads)
-            actual = fastpool.adaptive_avg_pool2d(x, osize, backend=backend, **CL)
-            assert_close(actual, np.moveaxis(expected, 1, -1))
+            values, indices = forward(kind, 2, x, osize, backend=backend, **CL)
+            _check(values, to_last(expected[0], 2), kind)
+            if kind == "max":
+                assert_identical(indices, to_last(expected[1], 2))
     finally:
         fastpool.set_num_threads(previous)
 
