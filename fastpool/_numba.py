@@ -487,7 +487,7 @@ def _max_fwd_planar_part(t, nt, x, out, indices, itype, D, H, W):
             # Column maxima over the window's rows (scan order within each column), then
             # per output cell the best column; _better breaks ties by flat position, which
             # is exactly the row-major scan order of the whole window.
-            # Updated in place by a select that is always stored (as in _max_cl_window).
+            # Updated in place by a select that is always stored (as in _max_cl_cells).
             lo = d0 * HW + h0 * W
             row = xp[lo : lo + W]
             for w in range(W):
@@ -748,17 +748,18 @@ def _max_fwd_cl(nt, x, out, indices, oflat, iflat, itype, D, H, W, cb):
 def _max_fwd_cl_part(t, nt, x, out, indices, oflat, iflat, itype, D, H, W, cb):
     """``x``: (N*D*H*W*C,), channels innermost. Windows of up to two rows of up to two
     positions (upsampling, small maps) are scanned in one loop across the channels, the
-    maximum and position held in registers; larger ones by :func:`_max_cl_window`. Results
-    go straight to ``oflat`` and ``iflat`` when the outputs are contiguous channels-last,
-    else through ``vbuf`` and ``ibuf``."""
+    maximum and position held in registers; larger ones by :func:`_max_cl_cells`, the
+    neighbouring cells of an output row together. Results go straight to ``oflat`` and
+    ``iflat`` when the outputs are contiguous channels-last, else through ``vbuf`` and
+    ``ibuf``."""
     N, C, Do, Ho, Wo = out.shape
     blocks = (C + cb - 1) // cb
     cells = N * Do * Ho * Wo
     ds, de = _bounds(D, Do)
     hs, he = _bounds(H, Ho)
     ws, we = _bounds(W, Wo)
-    best = np.empty(cb, x.dtype)
-    where = np.empty(cb, itype.dtype)
+    best = np.empty(Wo * cb, x.dtype)  # running maxima and positions of a row of cells
+    where = np.empty(Wo * cb, itype.dtype)
     vbuf = np.empty(cb, out.dtype)
     ibuf = np.empty(cb, np.int64)
     direct = len(oflat) > 0
@@ -768,82 +769,108 @@ def _max_fwd_cl_part(t, nt, x, out, indices, oflat, iflat, itype, D, H, W, cb):
     b = first // cells
     k = first - b * cells
     n, od, oh, ow = _unravel(k, Do, Ho, Wo)
-    for _ in range(first, last):
+    item = first
+    while item < last:
         c0 = b * cb
         m = min(cb, C - c0)
-        at = k * C + c0 if direct else 0
         nw = we[ow] - ws[ow]
         rows = (de[od] - ds[od]) * (he[oh] - hs[oh])
-        f0 = (ds[od] * H + hs[oh]) * W + ws[ow]  # the window's first position
-        f2 = f0 + (H * W if de[od] - ds[od] == 2 else W)  # its second row's, if it has one
-        i = (n * D * H * W + f0) * C + c0
-        if rows * nw == 1:
-            for j in range(m):
-                vout[np.uint64(at + j)] = x[np.uint64(i + j)]
-                iout[np.uint64(at + j)] = f0
-        elif rows * nw == 2:  # positions f0 and f1, in scan order
-            f1 = f0 + 1 if nw == 2 else f2
-            i1 = i + (f1 - f0) * C
-            for j in range(m):
-                v, a = x[np.uint64(i + j)], x[np.uint64(i1 + j)]
-                take = (a > v) | (a != a)
-                vout[np.uint64(at + j)] = a if take else v
-                iout[np.uint64(at + j)] = f1 if take else f0
-        elif rows == 2 and nw == 2:  # f0, f0 + 1, f2, f2 + 1
-            i2 = i + (f2 - f0) * C
-            for j in range(m):
-                v, p = x[np.uint64(i + j)], f0
-                a = x[np.uint64(i + C + j)]
-                take = (a > v) | (a != a)
-                v, p = (a, f0 + 1) if take else (v, p)
-                a = x[np.uint64(i2 + j)]
-                take = (a > v) | (a != a)
-                v, p = (a, f2) if take else (v, p)
-                a = x[np.uint64(i2 + C + j)]
-                take = (a > v) | (a != a)
-                vout[np.uint64(at + j)] = a if take else v
-                iout[np.uint64(at + j)] = f2 + 1 if take else p
+        if rows * nw > 2 and not (rows == 2 and nw == 2):
+            # the cells of this output row from here on that scan a window too (all of them
+            # for windows of three rows or more), up to the end of this thread's items
+            ow1 = ow + 1
+            while (ow1 < Wo and item + ow1 - ow < last
+                   and (rows > 2 or we[ow1] - ws[ow1] > 2)):
+                ow1 += 1
+            _max_cl_cells(x, best, where, n * D * H * W, ds[od], de[od], hs[oh], he[oh], ws,
+                          we, ow, ow1, c0, m, H, W, C)
+            for q in range(ow1 - ow):
+                at = (k + q) * C + c0 if direct else 0
+                for j in range(m):
+                    vout[np.uint64(at + j)] = best[np.uint64(q * m + j)]
+                    iout[np.uint64(at + j)] = where[np.uint64(q * m + j)]
+                if not direct:
+                    _store_cell(out, indices, vbuf, ibuf, n, c0, m, od, oh, ow + q)
+            done = ow1 - ow
         else:
-            _max_cl_window(x, best, where, n * D * H * W, ds[od], de[od], hs[oh], he[oh],
-                           ws[ow], we[ow], c0, m, H, W, C)
-            for j in range(m):
-                vout[np.uint64(at + j)] = best[j]
-                iout[np.uint64(at + j)] = where[j]
-        if not direct:
-            o = out[n, c0 : c0 + m, od, oh, ow]
-            io = indices[n, c0 : c0 + m, od, oh, ow]
-            for j in range(m):
-                o[j] = vbuf[j]
-                io[j] = ibuf[j]
-        k += 1
-        n, od, oh, ow = _next(n, od, oh, ow, Do, Ho, Wo)
-        if n == N:
-            n, b, k = 0, b + 1, 0
+            at = k * C + c0 if direct else 0
+            f0 = (ds[od] * H + hs[oh]) * W + ws[ow]  # the window's first position
+            f2 = f0 + (H * W if de[od] - ds[od] == 2 else W)  # its second row's, if it has one
+            i = (n * D * H * W + f0) * C + c0
+            if rows * nw == 1:
+                for j in range(m):
+                    vout[np.uint64(at + j)] = x[np.uint64(i + j)]
+                    iout[np.uint64(at + j)] = f0
+            elif rows * nw == 2:  # positions f0 and f1, in scan order
+                f1 = f0 + 1 if nw == 2 else f2
+                i1 = i + (f1 - f0) * C
+                for j in range(m):
+                    v, a = x[np.uint64(i + j)], x[np.uint64(i1 + j)]
+                    take = (a > v) | (a != a)
+                    vout[np.uint64(at + j)] = a if take else v
+                    iout[np.uint64(at + j)] = f1 if take else f0
+            else:  # two rows of two positions: f0, f0 + 1, f2, f2 + 1
+                i2 = i + (f2 - f0) * C
+                for j in range(m):
+                    v, p = x[np.uint64(i + j)], f0
+                    a = x[np.uint64(i + C + j)]
+                    take = (a > v) | (a != a)
+                    v, p = (a, f0 + 1) if take else (v, p)
+                    a = x[np.uint64(i2 + j)]
+                    take = (a > v) | (a != a)
+                    v, p = (a, f2) if take else (v, p)
+                    a = x[np.uint64(i2 + C + j)]
+                    take = (a > v) | (a != a)
+                    vout[np.uint64(at + j)] = a if take else v
+                    iout[np.uint64(at + j)] = f2 + 1 if take else p
+            if not direct:
+                _store_cell(out, indices, vbuf, ibuf, n, c0, m, od, oh, ow)
+            done = 1
+        for _ in range(done):
+            item += 1
+            k += 1
+            n, od, oh, ow = _next(n, od, oh, ow, Do, Ho, Wo)
+            if n == N:
+                n, b, k = 0, b + 1, 0
+
+
+@njit(inline="always")
+def _store_cell(out, indices, vbuf, ibuf, n, c0, m, od, oh, ow):
+    """One cell's values and positions from the buffers, through the outputs' strides."""
+    o = out[n, c0 : c0 + m, od, oh, ow]
+    io = indices[n, c0 : c0 + m, od, oh, ow]
+    for j in range(m):
+        o[j] = vbuf[j]
+        io[j] = ibuf[j]
 
 
 @njit(error_model="numpy")
-def _max_cl_window(x, best, where, plane, d0, d1, h0, h1, w0, w1, c0, m, H, W, C):
-    """One cell of :func:`_max_fwd_cl_part`, any window, its result left in ``best`` and
-    ``where``. Positions are held as ``where``'s type while scanning, as in
-    :func:`_max_fwd_planar`. The running maxima are updated in place by a select that is
-    always stored (a conditional store would be a masked one, which is slow)."""
-    first = (d0 * H + h0) * W + w0
-    i = (plane + first) * C + c0
-    for j in range(m):
-        best[j] = x[np.uint64(i + j)]
-        where[j] = first
+def _max_cl_cells(x, best, where, plane, d0, d1, h0, h1, ws, we, ow0, ow1, c0, m, H, W, C):
+    """Cells ``ow0:ow1`` of an output row, any windows, their results left in ``best`` and
+    ``where`` (``m`` channels a cell, side by side). Each input row of the windows is read
+    once, in order, every cell taking on its positions of that row: so each cell still
+    scans its window in order. Positions are held as ``where``'s type while scanning, as
+    in :func:`_max_fwd_planar`. The running maxima are updated in place by a select that
+    is always stored (a conditional store would be a masked one, which is slow)."""
+    for q in range(ow1 - ow0):
+        first = (d0 * H + h0) * W + ws[ow0 + q]
+        i = (plane + first) * C + c0
+        for j in range(m):
+            best[np.uint64(q * m + j)] = x[np.uint64(i + j)]
+            where[np.uint64(q * m + j)] = first
     for d in range(d0, d1):
         for h in range(h0, h1):
-            for w in range(w0, w1):
-                flat = (d * H + h) * W + w
-                if flat == first:
-                    continue
-                i = (plane + flat) * C + c0
-                for j in range(m):
-                    v, bv = x[np.uint64(i + j)], best[j]
-                    take = (v > bv) | (v != v)
-                    best[j] = v if take else bv
-                    where[j] = flat if take else where[j]
+            for q in range(ow1 - ow0):
+                w0 = ws[ow0 + q]
+                for w in range(w0 + 1 if d == d0 and h == h0 else w0, we[ow0 + q]):
+                    flat = (d * H + h) * W + w
+                    i = (plane + flat) * C + c0
+                    for j in range(m):
+                        v, bv = x[np.uint64(i + j)], best[np.uint64(q * m + j)]
+                        take = (v > bv) | (v != v)
+                        best[np.uint64(q * m + j)] = v if take else bv
+                        where[np.uint64(q * m + j)] = (flat if take
+                                                       else where[np.uint64(q * m + j)])
 
 
 # ----------------------------------------------------------------- backward, planar layout
@@ -1446,7 +1473,7 @@ def _max_fwd_small_part(t, nt, x, out, indices, itype, D, H, W, sc, cb):
     """Maxima along W first (value and position, scan rule), then merged over the window's
     rows in scan order with the same rule: that is the scan of the whole window. Updates
     are selects into a second buffer, copied back: with these short channel loops that is
-    faster than the in-place select of :func:`_max_cl_window` (measured)."""
+    faster than the in-place select of :func:`_max_cl_cells` (measured)."""
     N, C, Do, Ho, Wo = out.shape
     sp = C if sc == 1 else 1
     sn = C * D * H * W
