@@ -861,16 +861,16 @@ def _max_cl_cells(x, best, where, plane, d0, d1, h0, h1, ws, we, ow0, ow1, c0, m
     for d in range(d0, d1):
         for h in range(h0, h1):
             for q in range(ow1 - ow0):
+                bq, wq = best[q * m : q * m + m], where[q * m : q * m + m]
                 w0 = ws[ow0 + q]
                 for w in range(w0 + 1 if d == d0 and h == h0 else w0, we[ow0 + q]):
                     flat = (d * H + h) * W + w
                     i = (plane + flat) * C + c0
                     for j in range(m):
-                        v, bv = x[np.uint64(i + j)], best[np.uint64(q * m + j)]
+                        v, bv = x[np.uint64(i + j)], bq[j]
                         take = (v > bv) | (v != v)
-                        best[np.uint64(q * m + j)] = v if take else bv
-                        where[np.uint64(q * m + j)] = (flat if take
-                                                       else where[np.uint64(q * m + j)])
+                        bq[j] = v if take else bv
+                        wq[j] = flat if take else wq[j]
 
 
 # ----------------------------------------------------------------- backward, planar layout
