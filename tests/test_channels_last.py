@@ -89,8 +89,17 @@ def test_forward_is_channels_first_transposed(backend, rng, dims, shape, osize, 
         ((1, 3, 20, 300), 1),
         ((1, 2, 32, 1100), (1, 3)),
         ((1, 3, 26, 300), (1, 3)),
+        ((2, 12, 12, 64), (1, 2)),
     ],
-    ids=("192B-per-position", "4400B", "1200B", "rows-of-20", "3-cells-a-row", "mixed-row"),
+    ids=(
+        "192B-per-position",
+        "4400B",
+        "1200B",
+        "rows-of-20",
+        "3-cells-a-row",
+        "mixed-row",
+        "256B",
+    ),
 )
 @pytest.mark.parametrize("kind", KINDS)
 def test_windows_too_large_for_registers(backend, rng, shape, osize, dtype, kind):
@@ -99,7 +108,8 @@ def test_windows_too_large_for_registers(backend, rng, shape, osize, dtype, kind
     positions at a time; the run length and the vector blocks depend on the bytes per
     position and on whether a task has all the channels (each branch is taken by one of
     these, float32 or float64: whole rows, runs of 12 and a rest, one position at a time,
-    and a row whose middle cell is too large for registers while the others are not). One
+    and a row whose middle cell is too large for registers while the others are not; max
+    takes the memory path from 256 bytes per position, the average from 257). One
     thread takes every channel per task; three split them, as few cells leave too little
     work for three threads otherwise."""
     x = _data(rng, shape, kind, dtype)
