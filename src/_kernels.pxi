@@ -567,16 +567,24 @@ cdef inline bint _in_registers(Py_ssize_t npos, Py_ssize_t nc, Py_ssize_t itemsi
     return nc * itemsize <= 256 or npos * nc * itemsize <= 32768
 
 
-cdef inline bint _max_in_registers(Py_ssize_t npos, Py_ssize_t nc,
+cdef inline bint _max_in_registers(Py_ssize_t npos, Py_ssize_t depth, Py_ssize_t nc,
                                    Py_ssize_t itemsize) noexcept nogil:
-    """Does a channels-last max window go through _cells.h (see _in_registers)? A running
-    maximum carries a position too, and the memory path reads each input row in order once
-    (_max_fwd_cl), so it takes over earlier than for the average: from 256 bytes of
-    channels per position and 8 KB of window (100x100 planes of 64 floats pooled to 13x13
-    1.6x faster, of 128 floats 1.5x; 16x16 planes to 3x3 and 40x40 to 5x5, which stay in
-    cache, 1.3x slower, still ahead of the Numba backend). Narrower positions keep their
-    registers (64x64 planes of 16 or 32 floats pooled to 5x5: 1.6-2x slower in memory)."""
-    return nc * itemsize < 256 or npos * nc * itemsize <= 8192
+    """Does a channels-last max window (``depth`` planes deep) go through _cells.h (see
+    _in_registers)? A running maximum carries a position too, and the memory path reads
+    each input row in order once (_max_fwd_cl), so it takes over earlier than for the
+    average: windows over 8 KB, from 256 bytes of channels per position (100x100 planes of
+    64 floats pooled to 13x13 1.6x faster, of 128 floats 1.5x; 16x16 planes to 3x3 and
+    40x40 to 5x5, which stay in cache, 1.3x slower, still ahead of the Numba backend), and
+    in volumes from 32 bytes (a register scan of a 3d window reads short runs from many
+    rows of many planes: 32x64x64 volumes of 8-32 floats pooled to 4x7x7 1.2-1.6x faster;
+    16x16x16 to 3x3x3, in cache, 1.8x slower, still 1.8x ahead of Numba). Narrower plane
+    positions keep their registers (64x64 planes of 16 or 32 floats pooled to 5x5: 1.6-2x
+    slower in memory)."""
+    if npos * nc * itemsize <= 8192:
+        return True
+    if nc * itemsize >= 256:
+        return False
+    return depth == 1 or nc * itemsize < 32
 
 
 cdef inline Py_ssize_t _run_chunk(Py_ssize_t nbytes, bint dense) noexcept nogil:
@@ -1015,7 +1023,8 @@ cdef void _max_fwd_cl(const floating* x, floating* out, int64_t* idx, floating* 
         for ow in range(g.ow):
             w0 = ww[2 * ow]
             w1 = ww[2 * ow + 1]
-            if not _max_in_registers((d1 - d0) * (h1 - h0) * (w1 - w0), nc, sizeof(floating)):
+            if not _max_in_registers((d1 - d0) * (h1 - h0) * (w1 - w0), d1 - d0, nc,
+                                     sizeof(floating)):
                 mem = True
                 m = op + (oh - oh0) * g.sh + ow * g.sw if direct else mbuf + (cell + ow) * nc
                 if floating is float:
@@ -1030,8 +1039,8 @@ cdef void _max_fwd_cl(const floating* x, floating* out, int64_t* idx, floating* 
                     for ow in range(g.ow):
                         w0 = ww[2 * ow]
                         w1 = ww[2 * ow + 1]
-                        if _max_in_registers((d1 - d0) * (h1 - h0) * (w1 - w0), nc,
-                                             sizeof(floating)):
+                        if _max_in_registers((d1 - d0) * (h1 - h0) * (w1 - w0), d1 - d0,
+                                             nc, sizeof(floating)):
                             continue
                         m = (op + (oh - oh0) * g.sh + ow * g.sw if direct
                              else mbuf + (cell + ow) * nc)
@@ -1055,7 +1064,7 @@ cdef void _max_fwd_cl(const floating* x, floating* out, int64_t* idx, floating* 
                 m = mbuf + (cell + ow) * nc
                 k = kbuf + (cell + ow) * nc
             npos = (d1 - d0) * (h1 - h0) * (w1 - w0)
-            if not _max_in_registers(npos, nc, sizeof(floating)):
+            if not _max_in_registers(npos, d1 - d0, nc, sizeof(floating)):
                 for c in range(nc):  # the positions, widened
                     if floating is float:
                         k[c] = (<int32_t*>kpos)[ow * nc + c]

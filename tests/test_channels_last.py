@@ -144,6 +144,31 @@ def test_volume_average_by_output_rows(backend, rng, shape, osize, dtype):
     assert np.array_equal(np.signbit(actual), np.signbit(np.moveaxis(expected, 1, -1)))
 
 
+@pytest.mark.parametrize("dtype", (np.float32, np.float64))
+@pytest.mark.parametrize(
+    ("shape", "osize"),
+    [((1, 6, 8, 8, 40), (1, 2, 3)), ((2, 8, 9, 8, 8), (1, 1, 2))],
+    ids=("160B-per-position", "32B"),
+)
+def test_volume_max_of_windows_too_large_for_registers(backend, rng, shape, osize, dtype):
+    """Volume windows of more than 8 KB keep their running maxima in memory from 32 bytes
+    per position on (planes only from 256): each input row updates every cell of the
+    output row. The scan order, and so ties and NaN, must be the reference's; with three
+    threads the first case's channels are split in blocks, one of them small enough for
+    registers."""
+    x = _data(rng, shape, "max", dtype)
+    ref_values, ref_indices = forward("max", 3, np.moveaxis(x, -1, 1), osize, backend="numpy")
+    previous = _threads._requested
+    try:
+        for threads in (1, 3):
+            fastpool.set_num_threads(threads)
+            values, indices = forward("max", 3, x, osize, backend=backend, **CL)
+            assert_identical(values, to_last(ref_values, 3))
+            assert_identical(indices, to_last(ref_indices, 3))
+    finally:
+        fastpool.set_num_threads(previous)
+
+
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize(("dims", "shape", "osize"), CASES, ids=IDS)
 def test_backward_is_channels_first_transposed(backend, rng, dims, shape, osize, kind):
