@@ -925,15 +925,17 @@ def _avg_bwd_planar_part(t, nt, go, gi, Do, Ho, Wo, D, H, W):
 
 
 @njit(error_model="numpy")
-def _max_bwd_planes(t, nt, go, indices, gi, C, sc):
+def _max_bwd_planes(t, nt, go, indices, gi, bad, C, sc):
     """Whole planes, four at a time: the additions of one plane into the same element wait on
     each other's stores, four planes' additions do not. ``gi``: (N*C, D*H*W); ``go`` and
-    ``indices`` flat, element (n, c, cell) at ``(n * C * cells + c * sc) + cell * sp``."""
+    ``indices`` flat, element (n, c, cell) at ``(n * C * cells + c * sc) + cell * sp``.
+    An index outside the plane is skipped and counted in ``bad[t]`` (the host raises)."""
     P, size = gi.shape
     cells = len(go) // P
     sp = C if sc == 1 else 1
     buf = np.empty((size, 4), gi.dtype)
     base = np.empty(4, np.int64)
+    missed = 0
     first, last = _chunk(t, P, nt)
     p = first
     while p < last:
@@ -947,22 +949,27 @@ def _max_bwd_planes(t, nt, go, indices, gi, C, sc):
         for o in range(cells):
             for k in range(4):
                 at = base[k] + o * sp
-                buf[indices[at], k] += go[at]
+                ix = indices[at]
+                if np.uint64(ix) < np.uint64(size):  # (as unsigned, a negative index is huge)
+                    buf[ix, k] += go[at]
+                else:
+                    missed += 1
         for k in range(k_end):
             for i in range(size):
                 gi[p + k, i] = buf[i, k]
         p += 4
+    bad[t] = missed
 
 
-@_kernel("in", "in", "out", "int", "int")
-def _max_bwd_whole(nt, go, indices, gi, C, sc):
+@_kernel("in", "in", "out", "out", "int", "int")
+def _max_bwd_whole(nt, go, indices, gi, bad, C, sc):
     for t in prange(nt):
-        _max_bwd_whole_part(np.int64(t), nt, go, indices, gi, C, sc)
+        _max_bwd_whole_part(np.int64(t), nt, go, indices, gi, bad, C, sc)
 
 
 @njit(error_model="numpy")
-def _max_bwd_whole_part(t, nt, go, indices, gi, C, sc):
-    _max_bwd_planes(t, nt, go, indices, gi, C, sc)
+def _max_bwd_whole_part(t, nt, go, indices, gi, bad, C, sc):
+    _max_bwd_planes(t, nt, go, indices, gi, bad, C, sc)
 
 
 @_kernel("in", "in", "out", "out", "int", "int", "int", "int", "int", "int", "int")
@@ -1851,11 +1858,13 @@ def _backward(kind, inputs, grad_input, fresh=False):
         sc = flats[0][1]
         gi_planar = None if _is_channels_last(grad_input) else _planar(grad_input)
         if kind == "max" and gi_planar is not None and flats[1][1] == sc == 1:
-            # a scatter into whole planes, four at a time, beats the channel blocks here
-            if not _positions_ok(flats[1][0], d * h * w):
+            # a scatter into whole planes, four at a time, beats the channel blocks here; it
+            # skips and counts indices outside the plane, so only out= needs the check first
+            if not fresh and not _positions_ok(flats[1][0], d * h * w):
                 return False
-            _max_bwd_whole(work, flats[0][0], flats[1][0], gi_planar, c, sc)
-            return True
+            bad = np.zeros(numba.config.NUMBA_NUM_THREADS, np.int64)
+            _max_bwd_whole(work, flats[0][0], flats[1][0], gi_planar, bad, c, sc)
+            return not any(bad.tolist())
         if len({sc for _, sc in flats}) == 1:
             kernel = _avg_bwd_small if kind == "avg" else _max_bwd_small
             args = [f for f, _ in flats]

@@ -189,6 +189,24 @@ def test_max_backward_bad_index_without_out(backend, data_format, n, osize):
                 )
 
 
+@pytest.mark.parametrize("n", [1, 16])
+def test_max_backward_bad_index_channel_stride_one_gradient(backend, n):
+    # Gradients and indices with channel stride 1 (PyTorch's channels_last tensors) into a
+    # channels-first result: the kernels that scatter into whole planes test the indices
+    # as they read them too.
+    x = np.random.default_rng(2).standard_normal((n, 16, 6, 6))
+    values, indices = fastpool.adaptive_max_pool2d(x, 4, True, backend=backend)
+    values = np.ascontiguousarray(values.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+    for where in (0, indices.size - 1):
+        for bad_value in (-1, 36, 2**62):
+            bad = np.ascontiguousarray(indices.transpose(0, 2, 3, 1))
+            bad.flat[where] = bad_value
+            with pytest.raises(ValueError, match=r"indices must lie in \[0, 36\)"):
+                fastpool.adaptive_max_pool2d_backward(
+                    values, bad.transpose(0, 3, 1, 2), x.shape, backend=backend
+                )
+
+
 def test_bad_data_format(backend):
     with pytest.raises(ValueError, match="data_format"):
         fastpool.adaptive_avg_pool2d(_x(2), 2, backend=backend, data_format="NHWC")
