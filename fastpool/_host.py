@@ -47,9 +47,10 @@ class HostBackend:
         indices = None
         if kind == "max":
             indices = _output(out_indices, plan.out_shape, np.int64, "out[1] (indices)")
-        v.check_no_overlap(
-            [("out", out_values), ("out[1] (indices)", out_indices)], [("x", x)]
-        )
+        if out_values is not None or out_indices is not None:
+            v.check_no_overlap(
+                [("out", out_values), ("out[1] (indices)", out_indices)], [("x", x)]
+            )
         if plan.empty:
             return values, indices
         x5, v5 = plan.view5(x), plan.view5(values)
@@ -75,7 +76,8 @@ class HostBackend:
             indices = indices.astype(np.int64, copy=False)
             inputs.append(("indices", indices))
         grad_input = _output(out, plan.in_shape, plan.dtype, "out")
-        v.check_no_overlap([("out", out)], inputs)
+        if out is not None:
+            v.check_no_overlap([("out", out)], inputs)
         if plan.in5[0] == 0:
             return grad_input
         if plan.empty:  # no output cell covers anything
@@ -84,14 +86,15 @@ class HostBackend:
         g5, gi5 = plan.view5(grad_output), plan.view5(grad_input)
         args = (plan.view5(indices),) if kind == "max" else ()
         kernel = getattr(self.module, f"{kind}_backward")
-        checks = kind == "max" and self.checks_indices
-        if self._native(plan.dtype):
-            ok = kernel(g5, *args, gi5, **({"fresh": out is None} if checks else {}))
+        native = self._native(plan.dtype)
+        # float16: exact upcast, float32 sums into a buffer, one rounding at the end
+        src, dst = (g5, gi5) if native else (g5.astype(_F32), np.empty(plan.in5, dtype=_F32))
+        if kind == "max" and self.checks_indices:  # fresh: grad_input is ours, dropped on error
+            ok = kernel(src, *args, dst, fresh=out is None or not native)
         else:
-            tmp = np.empty(plan.in5, dtype=_F32)
-            ok = kernel(g5.astype(_F32), *args, tmp, **({"fresh": True} if checks else {}))
-            if ok is not False:
-                gi5[...] = tmp
+            ok = kernel(src, *args, dst)
+        if not native and ok is not False:
+            gi5[...] = dst
         if ok is False:  # an index outside the plane (out= untouched)
             v.check_index_bounds(given, plan.plane)  # raises, naming the index
             raise AssertionError("the kernel reported an index the check does not find")
