@@ -887,7 +887,9 @@ def _avg_bwd_planar_part(t, nt, go, gi, Do, Ho, Wo, D, H, W):
     """``go``: (N*C, Do*Ho*Wo), ``gi``: (N*C, D*H*W); one work item per input row.
 
     Along W the row is piecewise constant (runs of positions covered by the same cells): the
-    run values are computed when the covering cells change, then each row is a run fill.
+    run values are computed when the covering cells change, and the row is a run fill; the
+    next rows that the same cells cover copy it (one long vector loop, where a fill is a
+    loop per run).
     """
     P = gi.shape[0]
     ds, de = _bounds(D, Do)
@@ -899,11 +901,18 @@ def _avg_bwd_planar_part(t, nt, go, gi, Do, Ho, Wo, D, H, W):
     acc = np.empty(Wo, gi.dtype)
     values = np.empty(len(cfirst), gi.dtype)
     key = (-1, -1, -1, -1, -1)
+    filled = 0  # the row (d * H + h) of plane key[0] last filled from ``values``
     first, last = _chunk(t, P * D * H, nt)
     _, p, d, h = _unravel(first, P, D, H)
     for _ in range(first, last):
-        if (p, cds[d], cde[d], chs[h], che[h]) != key:
-            key = (p, cds[d], cde[d], chs[h], che[h])
+        dst = gi[p, (d * H + h) * W : (d * H + h + 1) * W]
+        here = (p, cds[d], cde[d], chs[h], che[h])
+        if here == key:  # the cells of the row filled last: a copy of it
+            src = gi[p, filled * W : (filled + 1) * W]
+            for w in range(W):
+                dst[w] = src[w]
+        else:
+            key = here
             acc[:] = 0.0
             for od in range(cds[d], cde[d]):
                 for oh in range(chs[h], che[h]):
@@ -916,11 +925,9 @@ def _avg_bwd_planar_part(t, nt, go, gi, Do, Ho, Wo, D, H, W):
                 for ow in range(cfirst[r], cend[r]):
                     v += acc[ow]
                 values[r] = v
-        dst = gi[p, (d * H + h) * W : (d * H + h + 1) * W]
-        for r in range(len(values)):
-            v = values[r]
-            for w in range(starts[r], starts[r + 1]):
-                dst[w] = v
+            for r in range(len(values)):
+                dst[starts[r] : starts[r + 1]] = values[r]  # (a fill loop: 10x slower)
+            filled = d * H + h
         _, p, d, h = _next(0, p, d, h, P, D, H)
 
 
