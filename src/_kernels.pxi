@@ -1215,6 +1215,22 @@ cdef inline void _avg_bwd_rowvals(const floating* gp, floating* rv, Geom g,
                         dst[c] = dst[c] + src[c * cstride] / cnt
 
 
+cdef void _avg_bwd_global(const floating* go, floating* gi, Geom g,
+                          Py_ssize_t task) noexcept nogil:
+    """Planes [p0, p1) of a global average's gradient, planes contiguous: one value per
+    plane, the planar path's ``0 + g / size``, filled in one pass (no rows to walk)."""
+    cdef Py_ssize_t size = g.d * g.h * g.w, p = task * g.ipt, p1 = min(p + g.ipt, g.n * g.c)
+    cdef Py_ssize_t c = p % g.c, n = p // g.c
+    cdef floating cnt = <floating>size, zero = 0
+    while p < p1:
+        _fill(gi + n * g.bn + c * g.bc, zero + go[n * g.sn + c * g.sc] / cnt, size)
+        p = p + 1
+        c = c + 1
+        if c == g.c:
+            c = 0
+            n = n + 1
+
+
 cdef void _avg_bwd_planar(const floating* go, floating* gi, floating* rv, Geom g,
                           const Py_ssize_t* wd, const Py_ssize_t* wh, const Py_ssize_t* ww,
                           const Py_ssize_t* cover_d, const Py_ssize_t* hruns, Py_ssize_t nhr,
@@ -1367,6 +1383,16 @@ cdef int _avg_backward(const floating* gop, floating* gip, cnp.ndarray grad_outp
         _fill_windows(cover_d, g.od, g.d)
         nhr = _fill_cover_runs(hruns, g.h, g.oh)
         nwr = _fill_cover_runs(wruns, g.w, g.ow)
+        if not channels_last and _global_planes(&g, num_threads):
+            _task_threads(g.nib, num_threads, &nt)
+            if nt == 1:  # no thread team for one thread
+                with nogil:
+                    for task in range(g.nib):
+                        _avg_bwd_global(gop, gip, g, task)
+            else:
+                for task in prange(g.nib, nogil=True, schedule='static', num_threads=nt):
+                    _avg_bwd_global(gop, gip, g, task)
+            return 0
         small = not channels_last and _small_planes(&g, False)
         if (channels_last and g.sc == 1) or small:
             wt = <fp_weight*>_alloc(g.od * g.oh * g.ow * sizeof(fp_weight))
