@@ -1002,7 +1002,7 @@ cdef void _max_fwd_cl(const floating* x, floating* out, int64_t* idx, floating* 
     cdef Py_ssize_t c0 = cb * g.cbs, nc = min(g.cbs, g.c - c0), c
     cdef Py_ssize_t oh0 = hb * g.ohb, oh1 = min(g.oh, oh0 + g.ohb), oh
     cdef Py_ssize_t d0 = wd[2 * od], d1 = wd[2 * od + 1], h0, h1
-    cdef Py_ssize_t hw = g.h * g.w, ow, w0, w1, cell, ncell, npos, d, h, w
+    cdef Py_ssize_t hw = g.h * g.w, ow, w0, w1, cell, ncell, npos, d, h, w, first
     # running positions of the memory path, per cell of an output row
     cdef void* kpos = <void*>(kbuf + g.cbs * g.ow * g.ohb)
     cdef const floating* xp = x + n * g.bn + c0
@@ -1044,8 +1044,8 @@ cdef void _max_fwd_cl(const floating* x, floating* out, int64_t* idx, floating* 
                             continue
                         m = (op + (oh - oh0) * g.sh + ow * g.sw if direct
                              else mbuf + (cell + ow) * nc)
-                        w = w0 + 1 if d == d0 and h == h0 else w0
-                        for w in range(w, w1):
+                        first = w0 + 1 if d == d0 and h == h0 else w0  # (w0 started it)
+                        for w in range(first, w1):
                             if floating is float:
                                 _max_update(m, <int32_t*>kpos + ow * nc,
                                             xp + d * g.bd + h * g.bh + w * g.bw,
