@@ -344,8 +344,6 @@ def check_out(out, shape, dtype, name: str = "out") -> np.ndarray:
 def check_no_overlap(outputs, inputs) -> None:
     """Outputs may not share memory with inputs or with each other."""
     outs = [(n, a) for n, a in outputs if a is not None]
-    if not outs:
-        return
     for i, (name, a) in enumerate(outs):
         for other, b in list(inputs) + outs[i + 1 :]:
             if isinstance(b, np.ndarray) and np.may_share_memory(a, b):
