@@ -892,18 +892,18 @@ def _avg_bwd_planar_part(t, nt, go, gi, Do, Ho, Wo, D, H, W):
     loop per run).
     """
     P = gi.shape[0]
-    ds, de = _bounds(D, Do)
-    hs, he = _bounds(H, Ho)
-    ws, we = _bounds(W, Wo)
-    cds, cde = _bounds(Do, D)  # output cells covering each input position
-    chs, che = _bounds(Ho, H)
-    starts, cfirst, cend = _runs(W, Wo)
     if Do * Ho * Wo == 1:  # global pooling: one value per plane, the planes split evenly
         zero = gi.dtype.type(0)
         first, last = _chunk(t, P, nt)
         for p in range(first, last):  # (the general case's terms: 0 + (0 + g / size))
             gi[p, :] = zero + (zero + gi.dtype.type(go[p, 0] * (1.0 / (D * H * W))))
         return
+    ds, de = _bounds(D, Do)
+    hs, he = _bounds(H, Ho)
+    ws, we = _bounds(W, Wo)
+    cds, cde = _bounds(Do, D)  # output cells covering each input position
+    chs, che = _bounds(Ho, H)
+    starts, cfirst, cend = _runs(W, Wo)
     acc = np.empty(Wo, gi.dtype)
     values = np.empty(len(cfirst), gi.dtype)
     key = (-1, -1, -1, -1, -1)
