@@ -122,6 +122,22 @@ FP_INLINE int fp_div_mode(int64_t count, int is_float) {
             for (j = 0; j < nc; j++) dst[j] = dst[j] / cnt;                                   \
     }
 
+/* dst[c] = sum over the window positions of base[... + c], c < nc: fp_avg_cell without the
+ * division (pieces of long float windows, which _kernels.pxi adds up in double). */
+#define FP_SUM_CELL(T)                                                                        \
+    static inline void fp_sum_cell_##T(T *dst, const T *base, ptrdiff_t kd, ptrdiff_t kh,     \
+                                       ptrdiff_t kw, ptrdiff_t sd, ptrdiff_t sh, ptrdiff_t sw, \
+                                       ptrdiff_t nc) {                                        \
+        const ptrdiff_t B = 32 * sizeof(float) / sizeof(T);                                   \
+        ptrdiff_t c0 = 0;                                                                     \
+        for (; c0 + B <= nc; c0 += B)                                                         \
+            FP_AVG_FULL(T)(dst + c0, base + c0, kd, kh, kw, sd, sh, sw, FP_AVG_M(B)           \
+                           FP_DIV_PLAIN, (T)1);                                               \
+        if (c0 < nc)                                                                          \
+            fp_avg_block_##T(dst + c0, base + c0, kd, kh, kw, sd, sh, sw, nc - c0,            \
+                             FP_DIV_PLAIN, (T)1);                                             \
+    }
+
 #if FP_VEXT
 FP_AVG_VEC(float)
 FP_AVG_VEC(double)
@@ -133,6 +149,7 @@ FP_AVG_VEC(double)
 #endif
 FP_AVG_BLOCK(float)
 FP_AVG_BLOCK(double)
+FP_SUM_CELL(float)
 
 /* dst[c] = the sum over the window's kd x kh rows of base[d*sd + h*sh + c], c < n, added in
  * row order from zero: the column sums of a planar window, rows of n contiguous elements.

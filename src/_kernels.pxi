@@ -42,6 +42,9 @@ cdef extern from "_cells.h" nogil:
     void fp_avg_cell_float(float* dst, const float* base, Py_ssize_t kd, Py_ssize_t kh,
                            Py_ssize_t kw, Py_ssize_t sd, Py_ssize_t sh, Py_ssize_t sw,
                            Py_ssize_t nc)
+    void fp_sum_cell_float(float* dst, const float* base, Py_ssize_t kd, Py_ssize_t kh,
+                           Py_ssize_t kw, Py_ssize_t sd, Py_ssize_t sh, Py_ssize_t sw,
+                           Py_ssize_t nc)
     void fp_avg_cell_double(double* dst, const double* base, Py_ssize_t kd, Py_ssize_t kh,
                             Py_ssize_t kw, Py_ssize_t sd, Py_ssize_t sh, Py_ssize_t sw,
                             Py_ssize_t nc)
@@ -209,12 +212,27 @@ cdef int _check_array(cnp.ndarray a, int typenum, bint written) except -1:
 
 # ------------------------------------------------------------------------- small helpers
 
+cdef enum:
+    # Float sums longer than this add up float sums of blocks this long in double: one
+    # float accumulator per lane over a 1024x1024 plane was off by 2e-4 (relative, values
+    # in [1, 1.001)), a block's 32 lanes add 32 values each (1e-7); the folds cost nothing
+    # measurable.
+    _SUM_BLOCK = 1024
+
+
 cdef inline floating _sum(const floating* p, Py_ssize_t n) noexcept nogil:
     # Sixteen partial sums in vector registers (fp_sum_* in _simd.h): without -ffast-math
     # the compiler keeps a float sum in order, and one accumulator is bound by the add
     # latency, not by memory. Deterministic: the order depends on n only.
+    cdef double total = 0.0
+    cdef Py_ssize_t i = 0
     if floating is float:
-        return fp_sum_float(p, n)
+        if n <= _SUM_BLOCK:
+            return fp_sum_float(p, n)
+        while i < n:
+            total += fp_sum_float(p + i, min(n - i, <Py_ssize_t>_SUM_BLOCK))
+            i += _SUM_BLOCK
+        return <float>total
     else:
         return fp_sum_double(p, n)
 
@@ -613,14 +631,24 @@ cdef void _cl_forward_blocks(Geom* g, int num_threads):
     _channel_blocks(g, g.n * g.od * g.nohb, num_threads)
 
 
-cdef void _avg_fwd_cl(const floating* x, floating* out, floating* buf, Geom g,
+cdef inline void _fold(double* acc, floating* part, Py_ssize_t n) noexcept nogil:
+    """``acc += part``, then ``part = 0`` (float partial sums into double ones)."""
+    cdef Py_ssize_t c
+    for c in range(n):
+        acc[c] = acc[c] + part[c]
+        part[c] = 0
+
+
+cdef void _avg_fwd_cl(const floating* x, floating* out, floating* buf, double* acc, Geom g,
                       const Py_ssize_t* wd, const Py_ssize_t* wh, const Py_ssize_t* ww,
                       Py_ssize_t task) noexcept nogil:
     """Output rows ``out[n, c0:c1, od, oh0:oh1, :]`` of a channels-last input (channel stride
     1): each cell's channels are summed over its window in registers (_cells.h), or for
     large windows in an accumulator in memory that each input row adds its positions to
     (see _run_chunk); straight into a channels-last output, else into ``buf`` and then
-    stored along the output's unit stride."""
+    stored along the output's unit stride. Float windows of more than _SUM_BLOCK positions
+    add float sums of at most _SUM_BLOCK positions (whole rows, or pieces of longer ones)
+    into double sums in ``acc`` (``g.ow`` cells of channels)."""
     cdef Py_ssize_t cb = task % g.ncb, t = task // g.ncb
     cdef Py_ssize_t hb = t % g.nohb
     t = t // g.nohb
@@ -628,7 +656,7 @@ cdef void _avg_fwd_cl(const floating* x, floating* out, floating* buf, Geom g,
     cdef Py_ssize_t c0 = cb * g.cbs, nc = min(g.cbs, g.c - c0)
     cdef Py_ssize_t oh0 = hb * g.ohb, oh1 = min(g.oh, oh0 + g.ohb), oh
     cdef Py_ssize_t d0 = wd[2 * od], d1 = wd[2 * od + 1], h0, h1
-    cdef Py_ssize_t ow, w0, w1, npos, c, d, h
+    cdef Py_ssize_t ow, w0, w1, npos, c, d, h, k0, kn, r, per
     cdef const floating* xp = x + n * g.bn + c0
     cdef floating* op = out + n * g.sn + c0 * g.sc + od * g.sd + oh0 * g.sh
     cdef bint direct = g.sc == 1, mem
@@ -650,19 +678,37 @@ cdef void _avg_fwd_cl(const floating* x, floating* out, floating* buf, Geom g,
                 dst = row + (ow * g.sw if direct else ow * nc)
                 for c in range(nc):
                     dst[c] = 0
+                if floating is float and npos > _SUM_BLOCK:
+                    for c in range(nc):
+                        acc[ow * nc + c] = 0.0
         if mem:
+            r = 0  # input rows of this band so far
             for d in range(d0, d1):
                 for h in range(h0, h1):
+                    r = r + 1
                     for ow in range(g.ow):
                         w0 = ww[2 * ow]
                         w1 = ww[2 * ow + 1]
-                        if _in_registers((d1 - d0) * (h1 - h0) * (w1 - w0), nc,
-                                         sizeof(floating)):
+                        npos = (d1 - d0) * (h1 - h0) * (w1 - w0)
+                        if _in_registers(npos, nc, sizeof(floating)):
                             continue
                         dst = row + (ow * g.sw if direct else ow * nc)
                         if floating is float:
-                            fp_add_run_float(dst, xp + d * g.bd + h * g.bh + w0 * g.bw,
-                                             w1 - w0, g.bw, nc, chunk)
+                            if npos <= _SUM_BLOCK:
+                                fp_add_run_float(dst, xp + d * g.bd + h * g.bh + w0 * g.bw,
+                                                 w1 - w0, g.bw, nc, chunk)
+                                continue
+                            # a fold after each _SUM_BLOCK positions of a row, or after the
+                            # most whole rows that hold at most that many, and at the end
+                            per = max(1, _SUM_BLOCK // (w1 - w0))
+                            k0 = 0
+                            while k0 < w1 - w0:
+                                kn = min(<Py_ssize_t>_SUM_BLOCK, w1 - w0 - k0)
+                                fp_add_run_float(dst, xp + d * g.bd + h * g.bh
+                                                 + (w0 + k0) * g.bw, kn, g.bw, nc, chunk)
+                                k0 = k0 + kn
+                                if per == 1 or r % per == 0 or r == (d1 - d0) * (h1 - h0):
+                                    _fold(acc + ow * nc, dst, nc)
                         else:
                             fp_add_run_double(dst, xp + d * g.bd + h * g.bh + w0 * g.bw,
                                               w1 - w0, g.bw, nc, chunk)
@@ -672,7 +718,14 @@ cdef void _avg_fwd_cl(const floating* x, floating* out, floating* buf, Geom g,
             dst = row + (ow * g.sw if direct else ow * nc)
             npos = (d1 - d0) * (h1 - h0) * (w1 - w0)
             if not _in_registers(npos, nc, sizeof(floating)):
-                _scale(dst, npos, nc)
+                if floating is float and npos > _SUM_BLOCK:
+                    for c in range(nc):
+                        dst[c] = <float>(acc[ow * nc + c] / <double>npos)
+                else:
+                    _scale(dst, npos, nc)
+            elif floating is float and npos > _SUM_BLOCK:
+                _avg_cell_long(dst, acc + ow * nc, xp + d0 * g.bd + h0 * g.bh + w0 * g.bw, h1 - h0,
+                               w1 - w0, g.bh, g.bw, nc)
             elif floating is float:
                 fp_avg_cell_float(dst, xp + d0 * g.bd + h0 * g.bh + w0 * g.bw, d1 - d0,
                                   h1 - h0, w1 - w0, g.bd, g.bh, g.bw, nc)
@@ -681,6 +734,30 @@ cdef void _avg_fwd_cl(const floating* x, floating* out, floating* buf, Geom g,
                                    h1 - h0, w1 - w0, g.bd, g.bh, g.bw, nc)
     if not direct:
         _store_cl(op, g, buf, oh1 - oh0, nc)
+
+
+cdef void _avg_cell_long(float* dst, double* acc, const float* base, Py_ssize_t kh,
+                         Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
+                         Py_ssize_t nc) noexcept nogil:
+    """A register-path cell of _avg_fwd_cl (a plane window, kh x kw positions) of more than
+    _SUM_BLOCK positions: float sums of pieces of at most _SUM_BLOCK positions (bands of
+    whole rows, or pieces of rows longer than that), added in double."""
+    cdef Py_ssize_t band = max(1, _SUM_BLOCK // kw), h, w, hn, wn, c
+    for c in range(nc):
+        acc[c] = 0.0
+    h = 0
+    while h < kh:
+        hn = min(band, kh - h)
+        w = 0
+        while w < kw:
+            wn = min(<Py_ssize_t>_SUM_BLOCK, kw - w)
+            fp_sum_cell_float(dst, base + h * sh + w * sw, 1, hn, wn, 0, sh, sw, nc)
+            for c in range(nc):
+                acc[c] = acc[c] + dst[c]
+            w = w + wn
+        h = h + hn
+    for c in range(nc):
+        dst[c] = <float>(acc[c] / <double>(kh * kw))
 
 
 cdef enum:
@@ -749,7 +826,7 @@ cdef int _avg_forward(const floating* xp, floating* op, cnp.ndarray x, cnp.ndarr
                       bint channels_last, int num_threads) except -1:
     """``out`` = window means of ``x`` (rows contiguous, or channel stride 1 if channels_last)."""
     cdef Geom g = _geom(_shape(x), _strides(x), _shape(out), _strides(out), sizeof(floating))
-    cdef Py_ssize_t task, ntasks, bufsize
+    cdef Py_ssize_t task, ntasks, bufsize, accoff = 0
     cdef int nt
     cdef floating* scratch = NULL
     cdef Py_ssize_t* wd = <Py_ssize_t*>_alloc(2 * (g.od + g.oh + g.ow) * sizeof(Py_ssize_t))
@@ -779,7 +856,9 @@ cdef int _avg_forward(const floating* xp, floating* op, cnp.ndarray x, cnp.ndarr
         elif channels_last:
             _cl_forward_blocks(&g, num_threads)
             ntasks = g.n * g.od * g.nohb * g.ncb
-            bufsize = _per_thread(g.cbs * g.ow * g.ohb)
+            # the output rows, then (float) the double sums of one row of cells
+            accoff = _per_thread(g.cbs * g.ow * g.ohb)
+            bufsize = accoff + (_per_thread(2 * g.cbs * g.ow) if floating is float else 0)
         elif _global_planes(&g, num_threads):
             _task_threads(g.nib, num_threads, &nt)
             if nt == 1:  # no thread team for one thread
@@ -814,10 +893,13 @@ cdef int _avg_forward(const floating* xp, floating* op, cnp.ndarray x, cnp.ndarr
             if nt == 1:  # no thread team for one thread
                 with nogil:
                     for task in range(ntasks):
-                        _avg_fwd_cl(xp, op, scratch, g, wd, wh, ww, task)
+                        _avg_fwd_cl(xp, op, scratch, <double*>(scratch + accoff), g, wd, wh,
+                                    ww, task)
             else:
                 for task in prange(ntasks, nogil=True, schedule='static', num_threads=nt):
-                    _avg_fwd_cl(xp, op, scratch + threadid() * bufsize, g, wd, wh, ww, task)
+                    _avg_fwd_cl(xp, op, scratch + threadid() * bufsize,
+                                <double*>(scratch + threadid() * bufsize + accoff), g, wd, wh,
+                                ww, task)
         else:
             if nt == 1:  # no thread team for one thread
                 with nogil:

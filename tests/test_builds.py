@@ -23,10 +23,11 @@ def avx2():
 
 
 # (N, C, H, W), output (Ho, Wo): window sums of 1 to 4096 elements (the sums change their
-# lane scheme at 9, 16 and 64 elements), planar and channels-last, channels in and out of
-# register blocks.
+# lane scheme at 9, 16 and 64 elements; float windows of over 1024 add float sums of pieces
+# in double), planar and channels-last, channels in and out of register blocks.
 CASES = [
     ((2, 3, 64, 64), (1, 1)),
+    ((1, 2, 70, 70), (1, 2)),
     ((2, 3, 10, 10), (1, 1)),
     ((2, 5, 9, 70), (1, 1)),
     ((2, 5, 37, 23), (3, 2)),

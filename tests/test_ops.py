@@ -196,6 +196,34 @@ def test_float16_accumulates_in_float32(backend, rng, dims, kind):
     assert_close(gi, ref.astype(np.float16))
 
 
+# Long float32 windows, data in [1, 1.001): one float32 accumulator per window (or per lane)
+# drifts by ~2e-4 over a million values, where float64 sums of float32 blocks stay near 1e-7.
+LONG_WINDOWS = [
+    (1, (1, 2, 1 << 20), 1, "channels_first"),
+    (1, (1, 1 << 18, 16), 1, "channels_last"),
+    (2, (1, 2, 1024, 1024), 1, "channels_first"),
+    (2, (1, 2, 1024, 1024), (2, 1), "channels_first"),
+    (2, (1, 512, 512, 16), 1, "channels_last"),
+    (2, (1, 512, 512, 16), 2, "channels_last"),
+    (2, (1, 256, 256, 512), 1, "channels_last"),
+    (3, (1, 64, 64, 64, 16), 1, "channels_last"),
+]
+
+
+@pytest.mark.parametrize(
+    ("dims", "shape", "osize", "data_format"),
+    LONG_WINDOWS,
+    ids=[f"{d}d-{'x'.join(map(str, s))}-{o}-{f}" for d, s, o, f in LONG_WINDOWS],
+)
+def test_float32_means_of_long_windows_stay_accurate(backend, rng, dims, shape, osize,
+                                                     data_format):
+    x = (1 + 1e-3 * rng.random(shape)).astype(np.float32)
+    values, _ = forward("avg", dims, x, osize, backend=backend, data_format=data_format)
+    ref, _ = forward("avg", dims, x.astype(np.float64), osize, backend="numpy",
+                     data_format=data_format)
+    np.testing.assert_allclose(values, ref, rtol=1e-6, atol=0)
+
+
 def test_large_sizes_use_exact_window_arithmetic(backend):
     """Windows for sizes where float arithmetic would pick the wrong start/end."""
     size_in, size_out = 1_000_003, 999_983
