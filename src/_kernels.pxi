@@ -452,41 +452,93 @@ cdef Py_ssize_t _small_tasks(Geom* g, Py_ssize_t itemsize) noexcept nogil:
 cdef enum:
     _COLSUM_MAX_ROW = 256  # bytes
 
+cdef inline void _colsum(floating* buf, const floating* base, Py_ssize_t kd, Py_ssize_t kh,
+                         Geom g) noexcept nogil:
+    """``buf[:W]`` = the sums of the window's kd x kh rows of one plane (from ``base``)."""
+    cdef Py_ssize_t d
+    if g.w * sizeof(floating) > _COLSUM_MAX_ROW:
+        _copy(buf, base, g.w)
+        for d in range(kd):
+            if d == 0:
+                _add_rows(buf, base + g.bh, g.bh, kh - 1, g.w)
+            else:
+                _add_rows(buf, base + d * g.bd, g.bh, kh, g.w)
+    elif floating is float:
+        fp_colsum_float(buf, base, kd, kh, g.bd, g.bh, g.w)
+    else:
+        fp_colsum_double(buf, base, kd, kh, g.bd, g.bh, g.w)
+
+
 cdef inline void _avg_fwd_row(const floating* xp, floating* op, floating* buf, Geom g,
                               const Py_ssize_t* ww, Py_ssize_t d0, Py_ssize_t d1, Py_ssize_t h0,
                               Py_ssize_t h1) noexcept nogil:
     """One output row ``op[:]`` of one plane ``xp``. Rows of the window are first added into
-    a width-W buffer (contiguous, vectorised adds), then each output cell sums its columns."""
-    cdef Py_ssize_t nrows = (d1 - d0) * (h1 - h0), d, h, ow, w0, w1
+    a width-W buffer (contiguous, vectorised adds), then each output cell sums its columns.
+    Float windows of more than _SUM_BLOCK rows: see _avg_fwd_row_long."""
+    cdef Py_ssize_t nrows = (d1 - d0) * (h1 - h0), d, ow, w0, w1
     cdef const floating* row
     cdef floating s
+    cdef double total = 0.0
     if g.ow == 1 and (h1 - h0 == 1 or g.bh == g.w):
         # The window spans whole rows that follow each other: one contiguous run per d.
+        if floating is float and d1 - d0 > 1:  # float sums of the runs, added in double
+            for d in range(d0, d1):
+                total += _sum(xp + d * g.bd + h0 * g.bh, (h1 - h0) * g.w)
+            op[0] = <float>(total / <double>(nrows * g.w))
+            return
         s = 0
         for d in range(d0, d1):
             s = s + _sum(xp + d * g.bd + h0 * g.bh, (h1 - h0) * g.w)
         op[0] = s / <floating>(nrows * g.w)
         return
+    if floating is float and nrows > _SUM_BLOCK:
+        _avg_fwd_row_long(xp, op, buf, <double*>(buf + 2 * g.w), g, ww, d0, d1, h0, h1)
+        return
     if nrows == 1:
         row = xp + d0 * g.bd + h0 * g.bh
-    elif g.w * sizeof(floating) > _COLSUM_MAX_ROW:
-        _copy(buf, xp + d0 * g.bd + h0 * g.bh, g.w)
-        for d in range(d0, d1):
-            if d == d0:
-                _add_rows(buf, xp + d * g.bd + (h0 + 1) * g.bh, g.bh, h1 - h0 - 1, g.w)
-            else:
-                _add_rows(buf, xp + d * g.bd + h0 * g.bh, g.bh, h1 - h0, g.w)
-        row = buf
     else:
-        if floating is float:
-            fp_colsum_float(buf, xp + d0 * g.bd + h0 * g.bh, d1 - d0, h1 - h0, g.bd, g.bh, g.w)
-        else:
-            fp_colsum_double(buf, xp + d0 * g.bd + h0 * g.bh, d1 - d0, h1 - h0, g.bd, g.bh, g.w)
+        _colsum(buf, xp + d0 * g.bd + h0 * g.bh, d1 - d0, h1 - h0, g)
         row = buf
     for ow in range(g.ow):
         w0 = ww[2 * ow]
         w1 = ww[2 * ow + 1]
         op[ow * g.sw] = _sum(row + w0, w1 - w0) / <floating>(nrows * (w1 - w0))
+
+
+cdef void _avg_fwd_row_long(const float* xp, float* op, float* buf, double* acc, Geom g,
+                            const Py_ssize_t* ww, Py_ssize_t d0, Py_ssize_t d1, Py_ssize_t h0,
+                            Py_ssize_t h1) noexcept nogil:
+    """_avg_fwd_row for float windows of more than _SUM_BLOCK rows: float column sums of
+    bands of at most _SUM_BLOCK rows (whole depth slices where they fit), added in double
+    into ``acc[:W]``; each cell then sums its columns in double."""
+    cdef Py_ssize_t kh = h1 - h0, band, d, dn, h, hn, w, ow, w0, w1
+    cdef double s
+    for w in range(g.w):
+        acc[w] = 0.0
+    d = d0
+    while d < d1:
+        if kh <= _SUM_BLOCK:
+            dn = min(_SUM_BLOCK // kh, d1 - d)
+            _colsum(buf, xp + d * g.bd + h0 * g.bh, dn, kh, g)
+            for w in range(g.w):
+                acc[w] = acc[w] + buf[w]
+            d = d + dn
+            continue
+        h = h0
+        while h < h1:
+            hn = min(<Py_ssize_t>_SUM_BLOCK, h1 - h)
+            _colsum(buf, xp + d * g.bd + h * g.bh, 1, hn, g)
+            for w in range(g.w):
+                acc[w] = acc[w] + buf[w]
+            h = h + hn
+        d = d + 1
+    for ow in range(g.ow):
+        w0 = ww[2 * ow]
+        w1 = ww[2 * ow + 1]
+        s = 0.0
+        for w in range(w0, w1):
+            s = s + acc[w]
+        op[ow * g.sw] = <float>(s / <double>((d1 - d0) * kh * (w1 - w0)))
 
 
 cdef void _fwd_planar(const floating* x, floating* out, int64_t* idx, floating* buf, Geom g,
@@ -771,22 +823,24 @@ cdef void _cl_row_blocks(Geom* g):
     g.ncb = (g.c + g.cbs - 1) // g.cbs
 
 
-cdef void _avg_fwd_cl_rows(const floating* x, floating* out, floating* buf, Geom g,
-                           const Py_ssize_t* wd, const Py_ssize_t* wh, const Py_ssize_t* ww,
-                           Py_ssize_t task) noexcept nogil:
+cdef void _avg_fwd_cl_rows(const floating* x, floating* out, floating* buf, double* drow,
+                           Geom g, const Py_ssize_t* wd, const Py_ssize_t* wh,
+                           const Py_ssize_t* ww, Py_ssize_t task) noexcept nogil:
     """Volumes, channels-last: output row ``out[n, c0:c1, od, oh, :]``. The window's (d, h)
     input rows (W positions x the block's channels, one contiguous run when the block holds
     every channel) are added into one row in ``buf`` (long vector loops, each input row read
     once per output row, where _avg_fwd_cl reads short runs per cell), then each cell adds
     its positions of that row. Every channel adds the same values in the same order
-    whatever the block size."""
+    whatever the block size. Float windows of more than _SUM_BLOCK rows add the row sums of
+    each _SUM_BLOCK rows into double sums (``drow``, W x the block's channels), and cells
+    that span those, or more than _SUM_BLOCK positions of a row, sum in double."""
     cdef Py_ssize_t cb = task % g.ncb, t = task // g.ncb
     cdef Py_ssize_t oh = t % g.oh
     t = t // g.oh
     cdef Py_ssize_t od = t % g.od, n = t // g.od
     cdef Py_ssize_t c0 = cb * g.cbs, nc = min(g.cbs, g.c - c0)
     cdef Py_ssize_t d0 = wd[2 * od], d1 = wd[2 * od + 1], h0 = wh[2 * oh], h1 = wh[2 * oh + 1]
-    cdef Py_ssize_t d, h, w, ow, w0, w1, j
+    cdef Py_ssize_t d, h, w, ow, w0, w1, j, r = 0, nrows = (d1 - d0) * (h1 - h0)
     cdef const floating* xp = x + n * g.bn + c0
     cdef const floating* src
     cdef floating* op = out + n * g.sn + c0 * g.sc + od * g.sd + oh * g.sh
@@ -794,6 +848,11 @@ cdef void _avg_fwd_cl_rows(const floating* x, floating* out, floating* buf, Geom
     cdef floating* cells = buf + g.w * nc
     cdef floating* dst
     cdef bint direct = g.sc == 1, first = True
+    cdef bint fold = floating is float and nrows > _SUM_BLOCK
+    cdef double total
+    if fold:
+        for j in range(g.w * nc):
+            drow[j] = 0.0
     for d in range(d0, d1):
         for h in range(h0, h1):
             src = xp + d * g.bd + h * g.bh
@@ -809,10 +868,22 @@ cdef void _avg_fwd_cl_rows(const floating* x, floating* out, floating* buf, Geom
                     else:
                         _add(row + w * nc, src + w * g.bw, nc)
             first = False
+            r = r + 1
+            if fold and (r % _SUM_BLOCK == 0 or r == nrows):
+                for j in range(g.w * nc):
+                    drow[j] = drow[j] + row[j]
+                first = True
     for ow in range(g.ow):
         w0 = ww[2 * ow]
         w1 = ww[2 * ow + 1]
         dst = op + ow * g.sw if direct else cells + ow * nc
+        if floating is float and (fold or w1 - w0 > _SUM_BLOCK):
+            for j in range(nc):
+                total = 0.0
+                for w in range(w0, w1):
+                    total = total + (drow[w * nc + j] if fold else row[w * nc + j])
+                dst[j] = <float>(total / <double>(nrows * (w1 - w0)))
+            continue
         for j in range(nc):
             dst[j] = 0 + row[w0 * nc + j]  # 0 + : a window of -0.0 averages to +0.0
         for w in range(w0 + 1, w1):
@@ -841,17 +912,21 @@ cdef int _avg_forward(const floating* xp, floating* op, cnp.ndarray x, cnp.ndarr
             # channel count take the kernel, and so the bits, of the whole array)
             _cl_row_blocks(&g)
             ntasks = g.n * g.od * g.oh * g.ncb
-            bufsize = _per_thread(g.cbs * (g.w + g.ow))
+            # the row and the cells; float: then a row of double sums (from an even offset)
+            accoff = _per_thread(g.cbs * (g.w + g.ow))
+            bufsize = accoff + (_per_thread(2 * g.cbs * g.w) if floating is float else 0)
             _task_threads(ntasks, num_threads, &nt)
             scratch = <floating*>_alloc(nt * bufsize * sizeof(floating))
             if nt == 1:  # no thread team for one thread
                 with nogil:
                     for task in range(ntasks):
-                        _avg_fwd_cl_rows(xp, op, scratch, g, wd, wh, ww, task)
+                        _avg_fwd_cl_rows(xp, op, scratch, <double*>(scratch + accoff), g, wd,
+                                         wh, ww, task)
             else:
                 for task in prange(ntasks, nogil=True, schedule='static', num_threads=nt):
-                    _avg_fwd_cl_rows(xp, op, scratch + threadid() * bufsize, g, wd, wh, ww,
-                                     task)
+                    _avg_fwd_cl_rows(xp, op, scratch + threadid() * bufsize,
+                                     <double*>(scratch + threadid() * bufsize + accoff), g,
+                                     wd, wh, ww, task)
             return 0
         elif channels_last:
             _cl_forward_blocks(&g, num_threads)
@@ -886,7 +961,8 @@ cdef int _avg_forward(const floating* xp, floating* op, cnp.ndarray x, cnp.ndarr
         else:
             _plane_blocks(&g, g.od * g.oh, num_threads)
             ntasks = g.n * g.c * g.nib
-            bufsize = _per_thread(g.w)
+            # a row of sums; float: then (from 2W, aligned) a row of double sums
+            bufsize = _per_thread(4 * g.w if floating is float else g.w)
         _task_threads(ntasks, num_threads, &nt)
         scratch = <floating*>_alloc(nt * bufsize * sizeof(floating))
         if channels_last:
