@@ -627,13 +627,22 @@ cdef inline void _store_cl(floating* op, Geom g, const floating* buf, Py_ssize_t
                     op[c * g.sc + oh * g.sh + ow * g.sw] = buf[(oh * nw + ow) * nc + c]
 
 
-cdef inline bint _in_registers(Py_ssize_t npos, Py_ssize_t nc, Py_ssize_t itemsize) noexcept nogil:
-    """Does a channels-last window go through _cells.h (blocks of 32 floats or 16 doubles,
-    each scanning the whole window)? Yes for one or two blocks (the second scan finds the
-    window in L2: 32x32 windows of 64 channels, max 1.25x faster), or when the window's data
-    stays in L1 between the blocks' scans; else an accumulator in memory gets one pass per
-    window position over all the channels, which streams the input (7x7 windows of 2048
-    channels, 64x64 windows of 512, measured 2x faster that way)."""
+cdef inline bint _in_registers(Py_ssize_t npos, Py_ssize_t nc, Py_ssize_t itemsize,
+                               bint dense) noexcept nogil:
+    """Does a channels-last average window go through _cells.h (blocks of 32 floats or 16
+    doubles, each scanning the whole window), or the memory path (an accumulator per cell
+    that each input row adds its positions to, the row read in order once: _avg_fwd_cl)?
+
+    Wider than 256 bytes of channels: registers while the window's data stays in L1 between
+    the blocks' scans (7x7 windows of 2048 channels, 64x64 windows of 512, 2x faster in
+    memory). Up to 64 floats: registers for exactly one full block (32), where one scan
+    does it all, and for windows of up to 128 positions; otherwise memory, when the block
+    holds every channel (``dense``: whole rows in order), since a second scan or a partial
+    block (scalar code) costs more than the accumulator's loads and stores (windows of 169
+    to 1024 positions of 8-64 channels 1.15-2x faster in memory; 64 positions even; with a
+    partial block of the channels, memory was 1.5x slower). Doubles keep the first rule."""
+    if itemsize == 4 and dense and nc != 32 and nc <= 64 and npos > 128:
+        return False
     return nc * itemsize <= 256 or npos * nc * itemsize <= 32768
 
 
@@ -725,7 +734,7 @@ cdef void _avg_fwd_cl(const floating* x, floating* out, floating* buf, double* a
         mem = False
         for ow in range(g.ow):
             npos = (d1 - d0) * (h1 - h0) * (ww[2 * ow + 1] - ww[2 * ow])
-            if not _in_registers(npos, nc, sizeof(floating)):
+            if not _in_registers(npos, nc, sizeof(floating), g.bw == nc):
                 mem = True
                 dst = row + (ow * g.sw if direct else ow * nc)
                 for c in range(nc):
@@ -742,7 +751,7 @@ cdef void _avg_fwd_cl(const floating* x, floating* out, floating* buf, double* a
                         w0 = ww[2 * ow]
                         w1 = ww[2 * ow + 1]
                         npos = (d1 - d0) * (h1 - h0) * (w1 - w0)
-                        if _in_registers(npos, nc, sizeof(floating)):
+                        if _in_registers(npos, nc, sizeof(floating), g.bw == nc):
                             continue
                         dst = row + (ow * g.sw if direct else ow * nc)
                         if floating is float:
@@ -769,7 +778,7 @@ cdef void _avg_fwd_cl(const floating* x, floating* out, floating* buf, double* a
             w1 = ww[2 * ow + 1]
             dst = row + (ow * g.sw if direct else ow * nc)
             npos = (d1 - d0) * (h1 - h0) * (w1 - w0)
-            if not _in_registers(npos, nc, sizeof(floating)):
+            if not _in_registers(npos, nc, sizeof(floating), g.bw == nc):
                 if floating is float and npos > _SUM_BLOCK:
                     for c in range(nc):
                         dst[c] = <float>(acc[ow * nc + c] / <double>npos)

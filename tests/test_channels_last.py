@@ -90,6 +90,7 @@ def test_forward_is_channels_first_transposed(backend, rng, dims, shape, osize, 
         ((1, 2, 32, 1100), (1, 3)),
         ((1, 3, 26, 300), (1, 3)),
         ((2, 12, 12, 64), (1, 2)),
+        ((2, 20, 20, 16), (1, 2)),
     ],
     ids=(
         "192B-per-position",
@@ -99,6 +100,7 @@ def test_forward_is_channels_first_transposed(backend, rng, dims, shape, osize, 
         "3-cells-a-row",
         "mixed-row",
         "256B",
+        "narrow-channels",
     ),
 )
 @pytest.mark.parametrize("kind", KINDS)
@@ -109,7 +111,8 @@ def test_windows_too_large_for_registers(backend, rng, shape, osize, dtype, kind
     position and on whether a task has all the channels (each branch is taken by one of
     these, float32 or float64: whole rows, runs of 12 and a rest, one position at a time,
     and a row whose middle cell is too large for registers while the others are not; max
-    takes the memory path from 256 bytes per position, the average from 257). One
+    takes the memory path from 256 bytes per position, the average from 257, and for
+    float32 windows of over 128 positions from any width but one block of 32). One
     thread takes every channel per task; three split them, as few cells leave too little
     work for three threads otherwise."""
     x = _data(rng, shape, kind, dtype)
