@@ -202,6 +202,21 @@ def test_forward_teams(rng, kind):
         assert_identical(i, ref_i)
 
 
+def test_long_float32_windows_fold_into_float64():
+    """A thread's float32 partial sums go into a float64 total every FOLD rounds. Values
+    1 + k/4096 (k = 0..3): float32 adds them exactly while a sum stays below 1024, so a
+    folded window of 16384 is exact up to the final division, where one float32 chain
+    past 4096 rounds off part of the fraction (errors near 1e-6). A lone thread and
+    a team."""
+    k = np.random.default_rng(3).integers(0, 4, (1, 2, 16384))
+    x = (1 + k / 4096).astype(np.float32)
+    ref = x.astype(np.float64).mean(axis=-1, keepdims=True)
+    for team in (1, 4):
+        with _cuda.launch_config(block=8, max_blocks=1, max_team=team):
+            y = fastpool.adaptive_avg_pool1d(x, 1, **CU)
+        np.testing.assert_allclose(y, ref, rtol=1e-7, atol=0)
+
+
 def test_team_shift_rule():
     cfg = _cuda.LaunchConfig(block=256, max_team=256)
     assert _cuda.team_shift(1, 10**6, cfg) == 0
