@@ -362,6 +362,41 @@ typedef struct {
 } fp_weight;
 
 
+/* The common tails of the average-backward run kernels below: column ow's sums t folded
+ * into v (the first column taken as it is), and v stored into every element of the run. */
+#define FP_BWD_FOLD4                                                                          \
+    if (ow == ow0) {                                                                          \
+        v0 = t0;                                                                              \
+        v1 = t1;                                                                              \
+        v2 = t2;                                                                              \
+        v3 = t3;                                                                              \
+    } else {                                                                                  \
+        v0 += t0;                                                                             \
+        v1 += t1;                                                                             \
+        v2 += t2;                                                                             \
+        v3 += t3;                                                                             \
+    }
+#define FP_BWD_STORE4(T)                                                                      \
+    for (r = 0; r < rows; r++)                                                                \
+        for (q = 0; q < cols; q++) {                                                          \
+            fp_v_##T *o = (fp_v_##T *)(dst + r * rs + q * qs);                                \
+            o[0] = v0;                                                                        \
+            o[1] = v1;                                                                        \
+            o[2] = v2;                                                                        \
+            o[3] = v3;                                                                        \
+        }
+#define FP_BWD_FOLD_M                                                                         \
+    if (ow == ow0)                                                                            \
+        for (j = 0; j < m; j++) v[j] = t[j];                                                  \
+    else                                                                                      \
+        for (j = 0; j < m; j++) v[j] += t[j];
+#define FP_BWD_STORE_M(T)                                                                     \
+    for (r = 0; r < rows; r++)                                                                \
+        for (q = 0; q < cols; q++) {                                                          \
+            T *o = dst + r * rs + q * qs;                                                     \
+            for (j = 0; j < m; j++) o[j] = v[j];                                              \
+        }
+
 /* The gradient of the input elements that the output cells [od0, od1) x [oh0, oh1) x
  * [ow0, ow1) cover, written to every element of rows x cols (channel vectors at
  * dst + r*rs + q*qs). Cell (od, oh, ow) of grad_output is at g + od*sd + oh*sh + ow*sw and
@@ -409,26 +444,9 @@ typedef struct {
                         t3 += ((const fp_v_##T *)tmp)[3];                                     \
                     }                                                                         \
                 }                                                                             \
-            if (ow == ow0) {                                                                  \
-                v0 = t0;                                                                      \
-                v1 = t1;                                                                      \
-                v2 = t2;                                                                      \
-                v3 = t3;                                                                      \
-            } else {                                                                          \
-                v0 += t0;                                                                     \
-                v1 += t1;                                                                     \
-                v2 += t2;                                                                     \
-                v3 += t3;                                                                     \
-            }                                                                                 \
+            FP_BWD_FOLD4;                                                                     \
         }                                                                                     \
-        for (r = 0; r < rows; r++)                                                            \
-            for (q = 0; q < cols; q++) {                                                      \
-                fp_v_##T *o = (fp_v_##T *)(dst + r * rs + q * qs);                            \
-                o[0] = v0;                                                                    \
-                o[1] = v1;                                                                    \
-                o[2] = v2;                                                                    \
-                o[3] = v3;                                                                    \
-            }                                                                                 \
+        FP_BWD_STORE4(T);                                                                     \
     }
 FP_AVG_BWD_VEC(float)
 FP_AVG_BWD_VEC(double)
@@ -466,16 +484,9 @@ FP_AVG_BWD_VEC(double)
                         for (j = 0; j < m; j++) t[j] += x[j] / cnt;                           \
                     }                                                                         \
                 }                                                                             \
-            if (ow == ow0)                                                                    \
-                for (j = 0; j < m; j++) v[j] = t[j];                                          \
-            else                                                                              \
-                for (j = 0; j < m; j++) v[j] += t[j];                                         \
+            FP_BWD_FOLD_M;                                                                    \
         }                                                                                     \
-        for (r = 0; r < rows; r++)                                                            \
-            for (q = 0; q < cols; q++) {                                                      \
-                T *o = dst + r * rs + q * qs;                                                 \
-                for (j = 0; j < m; j++) o[j] = v[j];                                          \
-            }                                                                                 \
+        FP_BWD_STORE_M(T);                                                                    \
     }                                                                                         \
     static inline void fp_avg_bwd_run_##T(                                                    \
         T *dst, ptrdiff_t rows, ptrdiff_t rs, ptrdiff_t cols, ptrdiff_t qs, const T *g,       \
@@ -494,6 +505,93 @@ FP_AVG_BWD_VEC(double)
 
 FP_AVG_BWD_BLOCK(float)
 FP_AVG_BWD_BLOCK(double)
+
+/* The same sums on terms scaled beforehand (upsampling, where several runs of a row read a
+ * cell): fp_scale_T writes a cell's terms as fp_avg_bwd_run computes them, and
+ * fp_sum_bwd_run_T adds them in fp_avg_bwd_run's order, row k (0 <= k < nk, the covering
+ * (od, oh) in output order) of column ow at s + k*sk + ow*sw. The same bits, without a
+ * multiply and a weight lookup per cell and element. */
+#define FP_SCALE(T)                                                                           \
+    static inline void fp_scale_##T(T *FP_RESTRICT dst, const T *FP_RESTRICT x, ptrdiff_t n,  \
+                                    const fp_weight *cw) {                                    \
+        int mode = fp_div_mode(cw->count, sizeof(T) == sizeof(float));                        \
+        ptrdiff_t j;                                                                          \
+        if (mode == FP_DIV_POW2) {                                                            \
+            T rcp = (T)cw->rcp;                                                               \
+            for (j = 0; j < n; j++) dst[j] = x[j] * rcp;                                      \
+        } else if (mode == FP_DIV_RCP) {                                                      \
+            double drcp = cw->rcp;                                                            \
+            for (j = 0; j < n; j++) dst[j] = (T)((double)x[j] * drcp);                        \
+        } else {                                                                              \
+            T cnt = (T)cw->count;                                                             \
+            for (j = 0; j < n; j++) dst[j] = x[j] / cnt;                                      \
+        }                                                                                     \
+    }
+FP_SCALE(float)
+FP_SCALE(double)
+
+#if FP_VEXT
+#define FP_SUM_BWD_VEC(T)                                                                     \
+    FP_INLINE void fp_sum_bwd_vec_##T(T *dst, ptrdiff_t rows, ptrdiff_t rs, ptrdiff_t cols,   \
+                                      ptrdiff_t qs, const T *s, ptrdiff_t nk, ptrdiff_t sk,   \
+                                      ptrdiff_t sw, ptrdiff_t ow0, ptrdiff_t ow1) {           \
+        fp_v_##T v0 = {0}, v1 = {0}, v2 = {0}, v3 = {0};                                      \
+        ptrdiff_t ow, k, r, q;                                                                \
+        for (ow = ow0; ow < ow1; ow++) {                                                      \
+            fp_v_##T t0 = {0}, t1 = {0}, t2 = {0}, t3 = {0};                                  \
+            for (k = 0; k < nk; k++) {                                                        \
+                const fp_v_##T *x = (const fp_v_##T *)(s + k * sk + ow * sw);                 \
+                t0 += x[0];                                                                   \
+                t1 += x[1];                                                                   \
+                t2 += x[2];                                                                   \
+                t3 += x[3];                                                                   \
+            }                                                                                 \
+            FP_BWD_FOLD4;                                                                     \
+        }                                                                                     \
+        FP_BWD_STORE4(T);                                                                     \
+    }
+FP_SUM_BWD_VEC(float)
+FP_SUM_BWD_VEC(double)
+#define FP_SUM_BWD_FULL(T) fp_sum_bwd_vec_##T
+#define FP_SUM_BWD_M(B)
+#else
+#define FP_SUM_BWD_M(B) , B
+#define FP_SUM_BWD_FULL(T) fp_sum_bwd_block_##T
+#endif
+
+#define FP_SUM_BWD_BLOCK(T)                                                                   \
+    FP_INLINE void fp_sum_bwd_block_##T(T *dst, ptrdiff_t rows, ptrdiff_t rs, ptrdiff_t cols, \
+                                        ptrdiff_t qs, const T *FP_RESTRICT s, ptrdiff_t nk,   \
+                                        ptrdiff_t sk, ptrdiff_t sw, ptrdiff_t ow0,            \
+                                        ptrdiff_t ow1, ptrdiff_t m) {                         \
+        T v[32] = {0}, t[32];                                                                 \
+        ptrdiff_t ow, k, j, r, q;                                                             \
+        for (ow = ow0; ow < ow1; ow++) {                                                      \
+            for (j = 0; j < m; j++) t[j] = 0;                                                 \
+            for (k = 0; k < nk; k++) {                                                        \
+                const T *x = s + k * sk + ow * sw;                                            \
+                for (j = 0; j < m; j++) t[j] += x[j];                                         \
+            }                                                                                 \
+            FP_BWD_FOLD_M;                                                                    \
+        }                                                                                     \
+        FP_BWD_STORE_M(T);                                                                    \
+    }                                                                                         \
+    static inline void fp_sum_bwd_run_##T(T *dst, ptrdiff_t rows, ptrdiff_t rs,               \
+                                          ptrdiff_t cols, ptrdiff_t qs, const T *s,           \
+                                          ptrdiff_t nk, ptrdiff_t sk, ptrdiff_t sw,           \
+                                          ptrdiff_t ow0, ptrdiff_t ow1, ptrdiff_t nc) {       \
+        const ptrdiff_t B = 32 * sizeof(float) / sizeof(T);                                   \
+        ptrdiff_t c0 = 0;                                                                     \
+        for (; c0 + B <= nc; c0 += B)                                                         \
+            FP_SUM_BWD_FULL(T)(dst + c0, rows, rs, cols, qs, s + c0, nk, sk, sw, ow0,         \
+                               ow1 FP_SUM_BWD_M(B));                                          \
+        if (c0 < nc)                                                                          \
+            fp_sum_bwd_block_##T(dst + c0, rows, rs, cols, qs, s + c0, nk, sk, sw, ow0, ow1,  \
+                                 nc - c0);                                                    \
+    }
+
+FP_SUM_BWD_BLOCK(float)
+FP_SUM_BWD_BLOCK(double)
 
 /* --------------------------------------------------- max backward: one element, by gather */
 

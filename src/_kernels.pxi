@@ -72,6 +72,14 @@ cdef extern from "_cells.h" nogil:
                                Py_ssize_t sw, Py_ssize_t od0, Py_ssize_t od1, Py_ssize_t oh0,
                                Py_ssize_t oh1, Py_ssize_t ow0, Py_ssize_t ow1,
                                const fp_weight* wt, Py_ssize_t wsd, Py_ssize_t wsh, Py_ssize_t nc)
+    void fp_scale_float(float* dst, const float* x, Py_ssize_t n, const fp_weight* cw)
+    void fp_scale_double(double* dst, const double* x, Py_ssize_t n, const fp_weight* cw)
+    void fp_sum_bwd_run_float(float* dst, Py_ssize_t rows, Py_ssize_t rs, Py_ssize_t cols,
+                              Py_ssize_t qs, const float* s, Py_ssize_t nk, Py_ssize_t sk,
+                              Py_ssize_t sw, Py_ssize_t ow0, Py_ssize_t ow1, Py_ssize_t nc)
+    void fp_sum_bwd_run_double(double* dst, Py_ssize_t rows, Py_ssize_t rs, Py_ssize_t cols,
+                               Py_ssize_t qs, const double* s, Py_ssize_t nk, Py_ssize_t sk,
+                               Py_ssize_t sw, Py_ssize_t ow0, Py_ssize_t ow1, Py_ssize_t nc)
     Py_ssize_t fp_max_bwd_gather_float(float* dst, const float* g, const int64_t* ix,
                                        Py_ssize_t sd, Py_ssize_t sh, Py_ssize_t sw,
                                        Py_ssize_t id, Py_ssize_t ih, Py_ssize_t iw,
@@ -1437,9 +1445,11 @@ cdef void _avg_bwd_cl(const floating* go, floating* gi, floating* buf, Geom g,
                       const Py_ssize_t* wd, const Py_ssize_t* wh, const Py_ssize_t* ww,
                       const Py_ssize_t* cover_d, const Py_ssize_t* hruns, Py_ssize_t nhr,
                       const Py_ssize_t* wruns, Py_ssize_t nwr, const fp_weight* wt,
-                      bint shared, Py_ssize_t task) noexcept nogil:
+                      bint shared, bint scaled, Py_ssize_t task) noexcept nogil:
     """Channels-last ``grad_input[n, c0:c1, d, h_begin:h_end, :]``, vectorised over channels.
-    ``wt``: the weight of every output cell (Do x Ho x Wo, C order)."""
+    ``wt``: the weight of every output cell (Do x Ho x Wo, C order). ``shared``: through
+    the row values (_avg_bwd_rowvals); ``scaled``: the terms of the covering rows of cells
+    computed once into ``buf``, then summed per run (runs that share cells, upsampling)."""
     cdef Py_ssize_t cb = task % g.ncb, t = task // g.ncb
     cdef Py_ssize_t hr = t % nhr
     t = t // nhr
@@ -1452,15 +1462,41 @@ cdef void _avg_bwd_cl(const floating* go, floating* gi, floating* buf, Geom g,
     cdef floating* rv = buf + g.cbs           # g.ow * nc: per output column
     cdef const floating* gp = go + n * g.sn + c0
     cdef Py_ssize_t rows = run[1] - run[0], cols
+    cdef floating* terms = buf + g.cbs        # scaled: nk rows x g.ow cells x nc terms
+    cdef Py_ssize_t nk = 0, od, oh
     cdef bint direct
     if g.sc == 1 and not shared:  # channels-last grad_output: one register pass per run
+        if scaled:
+            for od in range(cover_d[2 * d], cover_d[2 * d + 1]):
+                for oh in range(run[2], run[3]):
+                    for ow in range(g.ow):
+                        if floating is float:
+                            fp_scale_float(terms + (nk * g.ow + ow) * nc,
+                                           gp + od * g.sd + oh * g.sh + ow * g.sw, nc,
+                                           wt + (od * g.oh + oh) * g.ow + ow)
+                        else:
+                            fp_scale_double(terms + (nk * g.ow + ow) * nc,
+                                            gp + od * g.sd + oh * g.sh + ow * g.sw, nc,
+                                            wt + (od * g.oh + oh) * g.ow + ow)
+                    nk = nk + 1
         for r in range(nwr):
             cols = wruns[4 * r + 1] - wruns[4 * r]
             # Straight from registers into every element of the run, block by block, unless
             # that would revisit a large run once per block of channels (a 64x64 plane of
             # 512 channels from one cell): then one vector, copied whole to each element.
             direct = rows * cols == 1 or nc * sizeof(floating) <= 128
-            if floating is float:
+            if scaled:
+                if floating is float:
+                    fp_sum_bwd_run_float(row + wruns[4 * r] * g.bw if direct else vec,
+                                         rows if direct else 1, g.bh, cols if direct else 1,
+                                         g.bw, terms, nk, g.ow * nc, nc, wruns[4 * r + 2],
+                                         wruns[4 * r + 3], nc)
+                else:
+                    fp_sum_bwd_run_double(row + wruns[4 * r] * g.bw if direct else vec,
+                                          rows if direct else 1, g.bh, cols if direct else 1,
+                                          g.bw, terms, nk, g.ow * nc, nc, wruns[4 * r + 2],
+                                          wruns[4 * r + 3], nc)
+            elif floating is float:
                 fp_avg_bwd_run_float(row + wruns[4 * r] * g.bw if direct else vec,
                                      rows if direct else 1, g.bh, cols if direct else 1, g.bw,
                                      gp, g.sd, g.sh, g.sw, cover_d[2 * d], cover_d[2 * d + 1],
@@ -1541,8 +1577,8 @@ cdef int _avg_backward(const floating* gop, floating* gip, cnp.ndarray grad_outp
     cdef Py_ssize_t* hruns = cover_d + 2 * g.d
     cdef Py_ssize_t* wruns = hruns + 4 * g.h
     cdef fp_weight* wt = NULL
-    cdef Py_ssize_t od, oh, ow, i, reads = 0
-    cdef bint small, shared
+    cdef Py_ssize_t od, oh, ow, i, reads = 0, kd_max = 0, kh_max = 0
+    cdef bint small, shared = False, scaled = False
     try:
         _fill_windows(wd, g.d, g.od)
         _fill_windows(wh, g.h, g.oh)
@@ -1600,6 +1636,20 @@ cdef int _avg_backward(const floating* gop, floating* gip, cnp.ndarray grad_outp
             for i in range(nwr):
                 reads = reads + wruns[4 * i + 3] - wruns[4 * i + 2]
             shared = g.w > g.ow and (reads > g.ow or g.cbs % (128 // sizeof(floating)) != 0)
+            # Upsampling along W (several runs of a row read a cell), blocks of one or two
+            # whole vector blocks: each task's terms once, then plain sums per run (5x5->7,
+            # 10x10->15, 16x16->20 of 32-64 channels 1.08-1.12x; with a partial block or
+            # hundreds of channels it was slower), where they fit 64 KB of scratch.
+            for i in range(g.d):
+                kd_max = max(kd_max, cover_d[2 * i + 1] - cover_d[2 * i])
+            for i in range(nhr):
+                kh_max = max(kh_max, hruns[4 * i + 3] - hruns[4 * i + 2])
+            scaled = (not shared and g.sc == 1 and reads > g.ow
+                      and g.cbs % (128 // sizeof(floating)) == 0
+                      and g.cbs * sizeof(floating) <= 256
+                      and kd_max * kh_max * g.ow * g.cbs <= 16384)
+            if scaled:
+                bufsize = _per_thread(g.cbs * (1 + kd_max * kh_max * g.ow))
         else:
             _plane_blocks(&g, g.d * nhr, num_threads)
             ntasks = g.n * g.c * g.nib
@@ -1611,11 +1661,12 @@ cdef int _avg_backward(const floating* gop, floating* gip, cnp.ndarray grad_outp
                 with nogil:
                     for task in range(ntasks):
                         _avg_bwd_cl(gop, gip, scratch, g, wd, wh, ww,
-                                    cover_d, hruns, nhr, wruns, nwr, wt, shared, task)
+                                    cover_d, hruns, nhr, wruns, nwr, wt, shared, scaled,
+                                    task)
             else:
                 for task in prange(ntasks, nogil=True, schedule='static', num_threads=nt):
                     _avg_bwd_cl(gop, gip, scratch + threadid() * bufsize, g, wd, wh, ww,
-                                cover_d, hruns, nhr, wruns, nwr, wt, shared, task)
+                                cover_d, hruns, nhr, wruns, nwr, wt, shared, scaled, task)
         else:
             if nt == 1:  # no thread team for one thread
                 with nogil:

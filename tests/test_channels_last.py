@@ -193,6 +193,22 @@ def test_backward_is_channels_first_transposed(backend, rng, dims, shape, osize,
     assert_close(actual, to_last(expected, dims))
 
 
+@pytest.mark.parametrize("dtype", (np.float32, np.float64))
+@pytest.mark.parametrize("channels", (32, 64))
+def test_upsampling_average_backward_same_bits_in_both_layouts(backend, rng, channels, dtype):
+    """Upsampling along W with whole vector blocks of channels: the Cython kernel computes a
+    row's terms once and sums them per run; the bits must stay those of the planar layout
+    (and close to the numpy reference)."""
+    grad = rng.standard_normal((2, channels, 7, 7)).astype(dtype)
+    expected = backward("avg", 2, grad, None, (2, channels, 5, 5), backend=backend)
+    actual = backward(
+        "avg", 2, np.ascontiguousarray(to_last(grad, 2)), None, (2, 5, 5, channels),
+        backend=backend, **CL,
+    )
+    assert_identical(actual, to_last(expected, 2))
+    assert_close(expected, backward("avg", 2, grad, None, (2, channels, 5, 5), backend="numpy"))
+
+
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize(("dims", "shape", "osize"), CASES, ids=IDS)
 def test_matches_torch(backend, rng, dims, shape, osize, kind):
