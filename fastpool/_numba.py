@@ -306,9 +306,10 @@ def _partial(a):
 @njit(error_model="numpy")
 def _sum_in(a):
     """Float64 sum of input values: partial sums of up to 1024 elements in the input's
-    precision (float32: half the vector work of float64; 64 lanes of at most 16 additions
-    each), added in float64. Used where the plain float64 sum is bound by its conversions
-    rather than by memory (whole planes and rows of planar inputs: 1.2-1.8x)."""
+    precision (float32: half the vector work of float64, each vector lane adding a few
+    dozen values), added in float64. For whole planes and rows of planar inputs, where the
+    plain float64 sum was bound by its conversions rather than by memory (in cache: 64x64
+    planes 1.3x, 7x7 planes 1.8x, the latter through :func:`_partial` alone)."""
     s = 0.0
     for i in range(0, len(a), _PARTIAL):
         s += _partial(a[i : min(i + _PARTIAL, len(a))])
