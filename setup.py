@@ -129,7 +129,9 @@ class BuildExt(build_ext):
         if self.parallel is None and len(self.extensions) > 1:
             self.parallel = 2  # the two builds compile side by side
         # -O3 vectorises the channel loops; never -ffast-math (NaN must propagate in max).
-        opt = ["/O2"] if ctype == "msvc" else ["-O3"]
+        # No contraction of a*b + c into one fused multiply-add where a target has FMA
+        # (GCC's default for GNU C): the kernels' bits must not depend on the instruction set.
+        opt = ["/O2", "/fp:precise"] if ctype == "msvc" else ["-O3", "-ffp-contract=off"]
         for ext in self.extensions:
             isa = avx2 if ext.name == AVX2_MODULE else []
             ext.extra_compile_args = opt + isa + compile_flags + list(ext.extra_compile_args)

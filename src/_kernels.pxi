@@ -489,7 +489,8 @@ cdef inline void _avg_fwd_row(const floating* xp, floating* op, floating* buf, G
     cdef double total = 0.0
     if g.ow == 1 and (h1 - h0 == 1 or g.bh == g.w):
         # The window spans whole rows that follow each other: one contiguous run per d.
-        if floating is float and d1 - d0 > 1:  # float sums of the runs, added in double
+        if floating is float and d1 - d0 > 1 and nrows * g.w > _SUM_BLOCK:
+            # more than _SUM_BLOCK values: float sums of the runs, added in double
             for d in range(d0, d1):
                 total += _sum(xp + d * g.bd + h0 * g.bh, (h1 - h0) * g.w)
             op[0] = <float>(total / <double>(nrows * g.w))
@@ -849,8 +850,8 @@ cdef void _avg_fwd_cl_rows(const floating* x, floating* out, floating* buf, doub
     once per output row, where _avg_fwd_cl reads short runs per cell), then each cell adds
     its positions of that row. Every channel adds the same values in the same order
     whatever the block size. Float windows of more than _SUM_BLOCK rows add the row sums of
-    each _SUM_BLOCK rows into double sums (``drow``, W x the block's channels), and cells
-    that span those, or more than _SUM_BLOCK positions of a row, sum in double."""
+    each _SUM_BLOCK rows into double sums (``drow``, W x the block's channels), and cells of
+    more than _SUM_BLOCK values add their positions' sums in double (after ``drow``)."""
     cdef Py_ssize_t cb = task % g.ncb, t = task // g.ncb
     cdef Py_ssize_t oh = t % g.oh
     t = t // g.oh
@@ -866,7 +867,7 @@ cdef void _avg_fwd_cl_rows(const floating* x, floating* out, floating* buf, doub
     cdef floating* dst
     cdef bint direct = g.sc == 1, first = True
     cdef bint fold = floating is float and nrows > _SUM_BLOCK
-    cdef double total
+    cdef double* cell = drow + g.w * nc  # (float) one cell's double sums
     if fold:
         for j in range(g.w * nc):
             drow[j] = 0.0
@@ -894,12 +895,20 @@ cdef void _avg_fwd_cl_rows(const floating* x, floating* out, floating* buf, doub
         w0 = ww[2 * ow]
         w1 = ww[2 * ow + 1]
         dst = op + ow * g.sw if direct else cells + ow * nc
-        if floating is float and (fold or w1 - w0 > _SUM_BLOCK):
+        if floating is float and (fold or nrows * (w1 - w0) > _SUM_BLOCK):
+            # more than _SUM_BLOCK values: the row's float sums (each of at most _SUM_BLOCK
+            # rows) or double sums (fold), added in double
             for j in range(nc):
-                total = 0.0
-                for w in range(w0, w1):
-                    total = total + (drow[w * nc + j] if fold else row[w * nc + j])
-                dst[j] = <float>(total / <double>(nrows * (w1 - w0)))
+                cell[j] = 0.0
+            for w in range(w0, w1):
+                if fold:
+                    for j in range(nc):
+                        cell[j] = cell[j] + drow[w * nc + j]
+                else:
+                    for j in range(nc):
+                        cell[j] = cell[j] + row[w * nc + j]
+            for j in range(nc):
+                dst[j] = <float>(cell[j] / <double>(nrows * (w1 - w0)))
             continue
         for j in range(nc):
             dst[j] = 0 + row[w0 * nc + j]  # 0 + : a window of -0.0 averages to +0.0
@@ -931,7 +940,7 @@ cdef int _avg_forward(const floating* xp, floating* op, cnp.ndarray x, cnp.ndarr
             ntasks = g.n * g.od * g.oh * g.ncb
             # the row and the cells; float: then a row of double sums (from an even offset)
             accoff = _per_thread(g.cbs * (g.w + g.ow))
-            bufsize = accoff + (_per_thread(2 * g.cbs * g.w) if floating is float else 0)
+            bufsize = accoff + (_per_thread(2 * g.cbs * (g.w + 1)) if floating is float else 0)
             _task_threads(ntasks, num_threads, &nt)
             scratch = <floating*>_alloc(nt * bufsize * sizeof(floating))
             if nt == 1:  # no thread team for one thread
@@ -1639,7 +1648,7 @@ cdef int _avg_backward(const floating* gop, floating* gip, cnp.ndarray grad_outp
             # Upsampling along W (several runs of a row read a cell), blocks of one or two
             # whole vector blocks: each task's terms once, then plain sums per run (5x5->7,
             # 10x10->15, 16x16->20 of 32-64 channels 1.08-1.12x; with a partial block or
-            # hundreds of channels it was slower), where they fit 64 KB of scratch.
+            # hundreds of channels it was slower), up to 16384 terms of scratch.
             for i in range(g.d):
                 kd_max = max(kd_max, cover_d[2 * i + 1] - cover_d[2 * i])
             for i in range(nhr):

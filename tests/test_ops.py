@@ -208,6 +208,7 @@ LONG_WINDOWS = [
     (2, (1, 256, 256, 512), 1, "channels_last"),
     (3, (1, 64, 64, 64, 16), 1, "channels_last"),
     (3, (1, 256, 64, 4, 16), (1, 2, 2), "channels_last"),
+    (3, (1, 16, 16, 1024, 4), 1, "channels_last"),
     (3, (1, 2, 8192, 4, 4), (1, 2, 2), "channels_first"),
     (3, (1, 2, 8192, 4, 4), (1, 2, 1), "channels_first"),
 ]
