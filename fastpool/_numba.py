@@ -15,9 +15,10 @@ layout in place, so a forward from channels-first memory or a backward between d
 layouts costs no copy. Forward outputs may have any strides. Backward kernels
 gather: each element of ``grad_input`` is written once, by one thread, as a sum over the
 output cells covering it taken in output order -- no zero-fill pass, no atomics, the same
-bits for every thread count and both layouts. Average sums are float64 (in the channels-last
-average forward, a window row is summed in the input's precision first); max-backward sums
-are in the data type, in output order (PyTorch's and the cython backend's bits).
+bits for every thread count and both layouts. Average forward sums are float64, of input
+values or of float sums of at most 1024 of them (a plane's or row's pieces, a channels-last
+window row); backward sums are in the data type, in output order (PyTorch's and the cython
+backend's bits; an average term is the float64 product of gradient and 1/size, rounded once).
 
 Each kernel is a ``prange`` over threads around a serial ``*_part`` function that does one
 thread's contiguous share of the work: numba optimises a plain function better than a
@@ -406,6 +407,7 @@ def _avg_fwd_planar_part(t, nt, x, out, D, H, W):
         first, last = _chunk(t, N * C, nt)
         _, _, n, c = _unravel(first, 1, N, C)
         for p in range(first, last):
+            # (the test here, not in _sum_in: there LLVM made 7x7 planes 1.5x slower)
             if D * HW <= _PARTIAL:
                 out[n, c, 0, 0, 0] = np.float64(_partial(x[p])) / (D * HW)
             else:
@@ -1860,7 +1862,8 @@ def _block(a):
 
 
 def avg_forward(x, out):
-    """``out[n, c, od, oh, ow]`` = mean of the window of ``x`` (float64 sums)."""
+    """``out[n, c, od, oh, ow]`` = mean of the window of ``x`` (float64 sums, of input
+    values or of float sums of at most 1024 of them)."""
     if _small_planes(x, out) and not _is_channels_last(x):
         flat, sc = _small_input(x)
         _avg_fwd_small(x.size + out.size, flat, out, *x.shape[2:], sc, _block(x))

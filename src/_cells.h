@@ -102,40 +102,39 @@ FP_INLINE int fp_div_mode(int64_t count, int is_float) {
         else                                                                                  \
             for (j = 0; j < m; j++) dst[j] = a[j];                                            \
     }                                                                                         \
-    /* dst[c] = mean over the kd*kh*kw window positions of base[... + c], c < nc. */          \
-    static inline void fp_avg_cell_##T(T *dst, const T *base, ptrdiff_t kd, ptrdiff_t kh,     \
-                                       ptrdiff_t kw, ptrdiff_t sd, ptrdiff_t sh, ptrdiff_t sw, \
-                                       ptrdiff_t nc) {                                        \
+    /* The window's channel blocks: FP_DIV_POW2 scales in registers, the others leave the     \
+     * plain sums. */                                                                         \
+    static inline void fp_cell_blocks_##T(T *dst, const T *base, ptrdiff_t kd, ptrdiff_t kh,  \
+                                          ptrdiff_t kw, ptrdiff_t sd, ptrdiff_t sh,           \
+                                          ptrdiff_t sw, ptrdiff_t nc, int mode, T rcp) {      \
         const ptrdiff_t B = 32 * sizeof(float) / sizeof(T);                                   \
-        int64_t count = (int64_t)kd * kh * kw;                                                \
-        int mode = fp_div_mode(count, sizeof(T) == sizeof(float));                            \
-        T rcp = (T)1 / (T)count, cnt = (T)count;                                              \
-        double drcp = 1.0 / (double)count;                                                    \
-        ptrdiff_t c0 = 0, j;                                                                  \
+        ptrdiff_t c0 = 0;                                                                     \
         for (; c0 + B <= nc; c0 += B)                                                         \
             FP_AVG_FULL(T)(dst + c0, base + c0, kd, kh, kw, sd, sh, sw, FP_AVG_M(B) mode, rcp); \
         if (c0 < nc)                                                                          \
             fp_avg_block_##T(dst + c0, base + c0, kd, kh, kw, sd, sh, sw, nc - c0, mode, rcp); \
+    }                                                                                         \
+    /* dst[c] = mean over the kd*kh*kw window positions of base[... + c], c < nc. */          \
+    static inline void fp_avg_cell_##T(T *dst, const T *base, ptrdiff_t kd, ptrdiff_t kh,     \
+                                       ptrdiff_t kw, ptrdiff_t sd, ptrdiff_t sh, ptrdiff_t sw, \
+                                       ptrdiff_t nc) {                                        \
+        int64_t count = (int64_t)kd * kh * kw;                                                \
+        int mode = fp_div_mode(count, sizeof(T) == sizeof(float));                            \
+        T rcp = (T)1 / (T)count, cnt = (T)count;                                              \
+        double drcp = 1.0 / (double)count;                                                    \
+        ptrdiff_t j;                                                                          \
+        fp_cell_blocks_##T(dst, base, kd, kh, kw, sd, sh, sw, nc, mode, rcp);                 \
         if (mode == FP_DIV_RCP)                                                               \
             for (j = 0; j < nc; j++) dst[j] = (T)((double)dst[j] * drcp);                     \
         else if (mode == FP_DIV_PLAIN)                                                        \
             for (j = 0; j < nc; j++) dst[j] = dst[j] / cnt;                                   \
-    }
-
-/* dst[c] = sum over the window positions of base[... + c], c < nc: fp_avg_cell without the
- * division (pieces of long float windows, which _kernels.pxi adds up in double). */
-#define FP_SUM_CELL(T)                                                                        \
+    }                                                                                         \
+    /* dst[c] = sum over the window positions of base[... + c], c < nc: fp_avg_cell without   \
+     * the division (pieces of long float windows, which _kernels.pxi adds up in double). */  \
     static inline void fp_sum_cell_##T(T *dst, const T *base, ptrdiff_t kd, ptrdiff_t kh,     \
                                        ptrdiff_t kw, ptrdiff_t sd, ptrdiff_t sh, ptrdiff_t sw, \
                                        ptrdiff_t nc) {                                        \
-        const ptrdiff_t B = 32 * sizeof(float) / sizeof(T);                                   \
-        ptrdiff_t c0 = 0;                                                                     \
-        for (; c0 + B <= nc; c0 += B)                                                         \
-            FP_AVG_FULL(T)(dst + c0, base + c0, kd, kh, kw, sd, sh, sw, FP_AVG_M(B)           \
-                           FP_DIV_PLAIN, (T)1);                                               \
-        if (c0 < nc)                                                                          \
-            fp_avg_block_##T(dst + c0, base + c0, kd, kh, kw, sd, sh, sw, nc - c0,            \
-                             FP_DIV_PLAIN, (T)1);                                             \
+        fp_cell_blocks_##T(dst, base, kd, kh, kw, sd, sh, sw, nc, FP_DIV_PLAIN, (T)1);        \
     }
 
 #if FP_VEXT
@@ -149,7 +148,6 @@ FP_AVG_VEC(double)
 #endif
 FP_AVG_BLOCK(float)
 FP_AVG_BLOCK(double)
-FP_SUM_CELL(float)
 
 /* dst[c] = the sum over the window's kd x kh rows of base[d*sd + h*sh + c], c < n, added in
  * row order from zero: the column sums of a planar window, rows of n contiguous elements.

@@ -229,9 +229,10 @@ cdef enum:
 
 
 cdef inline floating _sum(const floating* p, Py_ssize_t n) noexcept nogil:
-    # Sixteen partial sums in vector registers (fp_sum_* in _simd.h): without -ffast-math
-    # the compiler keeps a float sum in order, and one accumulator is bound by the add
-    # latency, not by memory. Deterministic: the order depends on n only.
+    # Partial sums in vector registers (fp_sum_* in _simd.h: 16 lanes, 32 for float sums
+    # of 64 or more): without -ffast-math the compiler keeps a float sum in order, and one
+    # accumulator is bound by the add latency, not by memory. Float sums over _SUM_BLOCK
+    # add those of blocks in double. Deterministic: the order depends on n only.
     cdef double total = 0.0
     cdef Py_ssize_t i = 0
     if floating is float:
