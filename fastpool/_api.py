@@ -56,8 +56,11 @@ def _forward(kind, dims, x, output_size, return_indices, backend, out, data_form
         return _dask.forward(
             kind, dims, x, output_size, return_indices, backend, out, data_format
         )
-    be, x = _resolve(backend, x, "x")
-    shape, dtype = v.array_meta(x, "x")
+    if type(x) is np.ndarray:  # the common case, in fewer steps (small calls feel each one)
+        be, shape, dtype = _backends.resolve(backend), x.shape, x.dtype
+    else:
+        be, x = _resolve(backend, x, "x")
+        shape, dtype = v.array_meta(x, "x")
     plan = v.forward_plan(shape, dtype, output_size, dims, channels_last)
     out_values, out_indices = _split_out(kind, out, return_indices)
     values, indices = be.forward(kind, x, plan, out_values, out_indices)
@@ -74,8 +77,11 @@ def _backward(kind, dims, grad_output, indices, input_shape, backend, out, data_
         return _dask.backward(
             kind, dims, grad_output, indices, input_shape, backend, out, data_format
         )
-    be, grad_output = _resolve(backend, grad_output, "grad_output")
-    shape, dtype = v.array_meta(grad_output, "grad_output")
+    if type(grad_output) is np.ndarray:  # (as in _forward)
+        be, shape, dtype = _backends.resolve(backend), grad_output.shape, grad_output.dtype
+    else:
+        be, grad_output = _resolve(backend, grad_output, "grad_output")
+        shape, dtype = v.array_meta(grad_output, "grad_output")
     plan = v.backward_plan(shape, dtype, input_shape, dims, channels_last)
     if kind == "max":
         if not v.is_device_array(indices):

@@ -105,6 +105,9 @@ def available_backends() -> tuple[str, ...]:
 
 def get(name: str):
     """The backend object for ``name``; :class:`BackendError` if unknown or unusable."""
+    backend = _loaded.get(name) if type(name) is str else None
+    if backend is not None:  # (every call asks: the quick answer first)
+        return backend
     if not isinstance(name, str) or name not in BACKEND_MODULES:
         raise BackendError(
             f"unknown backend {name!r}; fastpool has {', '.join(BACKEND_MODULES)} "

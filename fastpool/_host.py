@@ -22,6 +22,8 @@ import numpy as np
 from . import _validate as v
 
 _F32 = np.dtype(np.float32)
+_FORWARD = {"avg": "avg_forward", "max": "max_forward"}
+_BACKWARD = {"avg": "avg_backward", "max": "max_backward"}
 
 
 class HostBackend:
@@ -38,9 +40,6 @@ class HostBackend:
     def __repr__(self) -> str:
         return f"<fastpool backend {self.name!r}>"
 
-    def _native(self, dtype: np.dtype) -> bool:
-        return dtype in self.native_dtypes
-
     def forward(self, kind: str, x, plan: v.Plan, out_values=None, out_indices=None):
         x = v.as_host_array(x, "x")
         values = _output(out_values, plan.out_shape, plan.dtype, "out")
@@ -56,8 +55,8 @@ class HostBackend:
         x5, v5 = plan.view5(x), plan.view5(values)
         i5 = plan.view5(indices) if indices is not None else None
         args = (i5,) if kind == "max" else ()
-        kernel = getattr(self.module, f"{kind}_forward")
-        if self._native(plan.dtype):
+        kernel = getattr(self.module, _FORWARD[kind])
+        if plan.dtype in self.native_dtypes:
             kernel(x5, v5, *args)
         else:  # float16: exact upcast, float32 accumulation, one rounding at the end
             tmp = np.empty(plan.out5, dtype=_F32)
@@ -66,17 +65,22 @@ class HostBackend:
         return values, indices
 
     def backward(self, kind: str, grad_output, indices, plan: v.Plan, out=None):
-        grad_output = v.as_host_array(grad_output, "grad_output")
-        inputs = [("grad_output", grad_output)]
+        # (written for small calls too: each step here costs as much as pooling a 5x5 map)
+        if type(grad_output) is not np.ndarray:
+            grad_output = v.as_host_array(grad_output, "grad_output")
         given = indices
         if kind == "max":
             given = indices = v.as_host_array(indices, "indices")
             if not self.checks_indices:
                 v.check_index_bounds(indices, plan.plane)
             indices = indices.astype(np.int64, copy=False)
-            inputs.append(("indices", indices))
-        grad_input = _output(out, plan.in_shape, plan.dtype, "out")
-        if out is not None:
+        if out is None:
+            grad_input = np.empty(plan.in_shape, dtype=plan.dtype)
+        else:
+            grad_input = v.check_out(out, plan.in_shape, plan.dtype, "out")
+            inputs = [("grad_output", grad_output)]
+            if kind == "max":
+                inputs.append(("indices", indices))
             v.check_no_overlap([("out", out)], inputs)
         if plan.in5[0] == 0:
             return grad_input
@@ -85,8 +89,8 @@ class HostBackend:
             return grad_input
         g5, gi5 = plan.view5(grad_output), plan.view5(grad_input)
         args = (plan.view5(indices),) if kind == "max" else ()
-        kernel = getattr(self.module, f"{kind}_backward")
-        native = self._native(plan.dtype)
+        kernel = getattr(self.module, _BACKWARD[kind])
+        native = plan.dtype in self.native_dtypes
         # float16: exact upcast, float32 sums into a buffer, one rounding at the end
         src, dst = (g5, gi5) if native else (g5.astype(_F32), np.empty(plan.in5, dtype=_F32))
         if kind == "max" and self.checks_indices:  # fresh: grad_input is ours, dropped on error

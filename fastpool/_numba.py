@@ -162,11 +162,13 @@ class _Kernel:
     def __init__(self, py_func, kinds):
         self.py_func = py_func
         self.kinds = kinds
-        self.arrays = [i for i, k in enumerate(kinds) if k != "int"]
+        arrays = [i for i, k in enumerate(kinds) if k != "int"]
+        # (serial, dtype of each array argument): a generated function, not a loop per call
+        self.key = eval(f"lambda s, a: (s, {', '.join(f'a[{i}].dtype' for i in arrays)})")
         self.compiled = {}
 
     def _compiled(self, args, serial):
-        key = (serial, *[args[i].dtype for i in self.arrays])
+        key = self.key(serial, args)
         kernel = self.compiled.get(key)
         if kernel is None:
             with _compile_lock:
@@ -189,9 +191,14 @@ class _Kernel:
             current = _numba_threads()
             nt = min(_num_threads or current, work // GRAIN)
             if nt > 1:
-                _launch(self._compiled(args, False), args, nt, current)
+                kernel = self.compiled.get(self.key(False, args)) or self._compiled(args, False)
+                if nt == current and _layer_is_safe:
+                    kernel(nt, *args)
+                else:
+                    _launch(kernel, args, nt, current)
                 return
-        self._compiled(args, True)(0, 1, *args)
+        kernel = self.compiled.get(self.key(True, args)) or self._compiled(args, True)
+        kernel(0, 1, *args)
 
 
 def _kernel(*kinds):
@@ -1720,7 +1727,8 @@ def _max_bwd_small_part(t, nt, go, indices, gi, Do, Ho, Wo, sc, cb):
 
 def _planar(a):
     """``a`` (N, C, D, H, W) as a C-contiguous (N*C, D*H*W) view, or None."""
-    if a.flags.c_contiguous and a.flags.aligned:
+    flags = a.flags
+    if flags.c_contiguous and flags.aligned:
         n, c, d, h, w = a.shape
         return a.reshape(n * c, d * h * w)
     return None
@@ -1729,7 +1737,8 @@ def _planar(a):
 def _channels_last(a):
     """``a`` (N, C, D, H, W) as a C-contiguous (N*D*H*W, C) view, or None."""
     t = a.transpose(0, 2, 3, 4, 1)  # np.moveaxis, without its microseconds of argument checks
-    if t.flags.c_contiguous and t.flags.aligned:
+    flags = t.flags
+    if flags.c_contiguous and flags.aligned:
         n, d, h, w, c = t.shape
         return t.reshape(n * d * h * w, c)
     return None
@@ -1823,15 +1832,15 @@ _SMALL_PLANE = 1024
 _SMALL_BLOCK = 32
 
 
-def _small_planes(inp, outp):
+def _small_planes(inp, outp, both_channels_last):
     """Whether the small-plane kernels run ``inp -> outp`` (forward: x -> out, backward:
     grad_output -> grad_input) in place. Not for a single output cell per plane (global
     pooling: the planar and channels-last kernels stream it), nor when both sides are
-    channels-last (the channels-last kernels vectorise there without a store pass). The
-    choice depends on the spatial shapes and the layouts only (channels-last as
-    :func:`_pick_layout` decides it), so a chunk of an array takes the same path as the
-    whole."""
-    if _is_channels_last(inp) and _is_channels_last(outp):  # (the cheapest test first)
+    channels-last (the caller knows: the channels-last kernels vectorise there without a
+    store pass). The choice depends on the spatial shapes and the layouts only
+    (channels-last as :func:`_pick_layout` decides it), so a chunk of an array takes the
+    same path as the whole."""
+    if both_channels_last:
         return False
     _, _, d, h, w = inp.shape
     _, _, do, ho, wo = outp.shape
@@ -1864,7 +1873,7 @@ def _block(a):
 def avg_forward(x, out):
     """``out[n, c, od, oh, ow]`` = mean of the window of ``x`` (float64 sums, of input
     values or of float sums of at most 1024 of them)."""
-    if _small_planes(x, out) and not _is_channels_last(x):
+    if not _is_channels_last(x) and _small_planes(x, out, False):
         flat, sc = _small_input(x)
         _avg_fwd_small(x.size + out.size, flat, out, *x.shape[2:], sc, _block(x))
         return
@@ -1888,7 +1897,7 @@ def avg_forward(x, out):
 
 def max_forward(x, out, indices):
     """Window maximum (SPEC rules for ties, NaN, -inf) and its flat position in the plane."""
-    if _small_planes(x, out) and not _is_channels_last(x) and indices.flags.aligned:
+    if not _is_channels_last(x) and _small_planes(x, out, False) and indices.flags.aligned:
         work = x.size + 2 * out.size
         flat, sc = _small_input(x)
         itype = _position_type(x)
@@ -1924,13 +1933,14 @@ def _backward(kind, inputs, grad_input, fresh=False):
     n, c, d, h, w = grad_input.shape
     _, _, do, ho, wo = inputs[0].shape
     work = grad_input.size + len(inputs) * inputs[0].size
+    channels_last, cl_in = _is_channels_last(grad_input), _is_channels_last(inputs[0])
     # A max gradient between planar arrays stays with the planar kernel, whose slab is the
     # whole plane there.
-    planar_max = kind == "max" and not _is_channels_last(inputs[0])
-    if not planar_max and _small_planes(inputs[0], grad_input):
+    planar_max = kind == "max" and not cl_in
+    if not planar_max and _small_planes(inputs[0], grad_input, channels_last and cl_in):
         flats = [_small_input(a) for a in inputs]
         sc = flats[0][1]
-        gi_planar = None if _is_channels_last(grad_input) else _planar(grad_input)
+        gi_planar = None if channels_last else _planar(grad_input)
         if kind == "max" and gi_planar is not None and flats[1][1] == sc == 1:
             # a scatter into whole planes, four at a time, beats the channel blocks here; it
             # skips and counts indices outside the plane, so only out= needs the check first
@@ -1946,13 +1956,14 @@ def _backward(kind, inputs, grad_input, fresh=False):
                 return False
             kernel(work, *args, grad_input, do, ho, wo, sc, _block(grad_input))
             return True
-    channels_last = _is_channels_last(grad_input)
     view = _channels_last(grad_input) if channels_last else _planar(grad_input)
     target = view
     if view is None:
         target = np.empty((n, d, h, w, c) if channels_last else (n, c, d, h, w), grad_input.dtype)
         target = target.reshape(-1, c) if channels_last else target.reshape(n * c, -1)
-    args = [_as_layout(a, channels_last) for a in inputs]
+    args = [_as_layout(inputs[0], channels_last)]
+    if kind == "max":
+        args.append(_as_layout(inputs[1], channels_last))
     # The kernels below find an index only where it lies in the plane (a gather, or a
     # scatter into the rows it falls in), so a bad one writes nothing out of bounds: with a
     # fresh grad_input, the check waits until their count says an index was not found.

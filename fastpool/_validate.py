@@ -211,7 +211,10 @@ def _user_shape(n, c, spatial, batched, channels_last):
 
 def _plain_ints(t) -> bool:
     """An int, or a tuple of ints (not bools, not numpy integers): safe as a cache key."""
-    return type(t) is int or (type(t) is tuple and all(type(e) is int for e in t))
+    return type(t) is int or (type(t) is tuple and set(map(type, t)) <= _INT_TYPE)
+
+
+_INT_TYPE = {int}
 
 
 def forward_plan(x_shape, x_dtype, output_size, dims: int, channels_last: bool) -> Plan:
