@@ -1221,14 +1221,14 @@ def _avg_bwd_cl_part(t, nt, go, gi, N, Do, Ho, Wo, D, H, W):
         _, n, d, h = _next(0, n, d, h, N, D, H)
 
 
-@njit(error_model="numpy")
+@njit(error_model="numpy", inline="always")
 def _avg_bwd_cl_acc(gof, acc, wts, table, n, od0, od1, oh0, oh1, Do, Ho, Wo, C, ds, de, hs, he,
                     ws, we):
     """``acc[ow * C + c]``: the weighted gradients of the cells (od0:od1, oh0:oh1, ow) summed
-    in output order, for :func:`_avg_bwd_cl_part` (a function of its own: the hot loop
-    there stays small). A term is the float64 product of gradient and 1/size rounded once
-    to the data type (the quotient itself, correctly rounded, for float32 and windows below
-    2**24 elements); the sums are in the data type."""
+    in output order, for :func:`_avg_bwd_cl_part` (written apart, inlined there: as a call
+    per input row it cost small maps 5-10%). A term is the float64 product of gradient and
+    1/size rounded once to the data type (the quotient itself, correctly rounded, for
+    float32 and windows below 2**24 elements); the sums are in the data type."""
     T = acc.dtype.type
     zero = T(0)
     # The first two covering rows of cells in one pass (the first starts the sums: no
