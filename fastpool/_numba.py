@@ -34,6 +34,7 @@ import threading
 import numba
 import numpy as np
 from numba import njit, prange, types
+from numba.extending import overload
 from numba.np.ufunc import parallel as _numba_parallel
 
 NATIVE_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -367,6 +368,8 @@ def _max_span(a):
             if v > bv or v != v:
                 bv, bi = v, i
         return bv, bi
+    if len(a) >= _LONG_SPAN:
+        return _first_max(a)
     m = _max_no_nan(a)
     lo = 0
     while lo + 64 < len(a) and _max_no_nan(a[lo : lo + 64]) != m:
@@ -375,6 +378,59 @@ def _max_span(a):
         if a[i] == m:
             return a[i], i
     return a[0], 0  # not reached
+
+
+#: Spans from this long find their maximum through integer keys (:func:`_first_max`);
+#: below it, the key pass costs more than it saves (measured: 49 values 0.7x, 200 1.4x).
+_LONG_SPAN = 128
+
+
+def _bits(a):
+    """``a`` (float32 or float64, contiguous) viewed as signed integers of its width."""
+    raise NotImplementedError("compiled only")  # pragma: no cover
+
+
+@overload(_bits)
+def _bits_impl(a):
+    if a.dtype == types.float32:
+        return lambda a: a.view(np.int32)
+    return lambda a: a.view(np.int64)
+
+
+@njit(inline="always")
+def _key(v, mask):
+    """An integer whose order is the order of the float whose bits are ``v`` (no NaN;
+    -0.0 just below 0.0): negative floats have their magnitude bits flipped."""
+    return v ^ mask if v < 0 else v
+
+
+@njit(error_model="numpy")
+def _first_max(a):
+    """:func:`_max_span` of a span without NaN: the largest key in one pass (an integer
+    maximum vectorises; the float comparison and select does not), the first block of 64
+    holding it, its place there. -0.0 and 0.0 tie (compared as floats, neither is larger):
+    the first zero of either sign is the first maximum."""
+    b = _bits(a)
+    mask = np.iinfo(b.dtype).max
+    k = _key(b[0], mask)
+    for i in range(1, len(b)):
+        k = max(k, _key(b[i], mask))
+    lo = 0
+    while lo + 64 < len(b):
+        hit = False
+        for i in range(lo, lo + 64):
+            hit |= _key(b[i], mask) == k
+        if hit:
+            break
+        lo += 64
+    i = lo
+    while _key(b[i], mask) != k:
+        i += 1
+    if a[i] == 0:
+        for j in range(i):
+            if a[j] == 0:
+                return a[j], j
+    return a[i], i
 
 
 @njit(inline="always")

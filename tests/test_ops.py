@@ -140,6 +140,7 @@ def test_scan_rules_on_long_windows(backend, length, dtype):
     rows = {
         "ties": np.where(n % 7 == 3, 2.0, 1.0),
         "signed_zero": np.where(n % 2 == 0, -0.0, 0.0) - (n < length // 2),
+        "neg_zero_max": np.where(n % 4 == 2, -0.0, -1.0),
         "late_max": np.where(n == length - 1, 5.0, np.where(n % 5 == 1, 4.0, 0.0)),
         "late_first": np.where(n >= length - 3, 9.0, 1.0),
         "nan": np.where(n % 11 == 4, np.nan, n % 3),
