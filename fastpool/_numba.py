@@ -16,9 +16,10 @@ layouts costs no copy. Forward outputs may have any strides. Backward kernels
 gather: each element of ``grad_input`` is written once, by one thread, as a sum over the
 output cells covering it taken in output order -- no zero-fill pass, no atomics, the same
 bits for every thread count and both layouts. Average forward sums are float64, of input
-values or of float sums of at most 1024 of them (a plane's or row's pieces, a channels-last
-window row); backward sums are in the data type, in output order (PyTorch's and the cython
-backend's bits; an average term is the float64 product of gradient and 1/size, rounded once).
+values or of float sums of at most 1024 of them (a plane's or row's pieces, a column of a
+planar window's rows, a channels-last window row); backward sums are in the data type, in
+output order (PyTorch's and the cython backend's bits; an average term is the float64
+product of gradient and 1/size, rounded once).
 
 Each kernel is a ``prange`` over threads around a serial ``*_part`` function that does one
 thread's contiguous share of the work: numba optimises a plain function better than a
@@ -463,7 +464,8 @@ def _avg_fwd_planar(nt, x, out, D, H, W):
 @njit(error_model="numpy")
 def _avg_fwd_planar_part(t, nt, x, out, D, H, W):
     """``x``: (N*C, D*H*W); one work item per output row ``(n, c, od, oh)``. The rows of a
-    window are added in float64 into one row, whose column windows are then summed."""
+    window are added into one row (in the data type when one depth slice of at most 1024
+    rows, else in float64), whose column windows are then summed in float64."""
     N, C, Do, Ho, Wo = out.shape
     HW = H * W
     if Do * Ho * Wo == 1:  # global pooling: nothing but a sum per plane
@@ -481,6 +483,7 @@ def _avg_fwd_planar_part(t, nt, x, out, D, H, W):
     hs, he = _bounds(H, Ho)
     ws, we = _bounds(W, Wo)
     buf = np.empty(W, np.float64)
+    cbuf = np.empty(W, x.dtype)
     dsum = np.empty(HW if D > 1 and HW <= _DEPTH_SUM_MAX else 0, np.float64)
     key = -1  # the (n, c, od) whose depth sums dsum holds
     first, last = _chunk(t, N * C * Do * Ho, nt)
@@ -499,6 +502,19 @@ def _avg_fwd_planar_part(t, nt, x, out, D, H, W):
             for ow in range(Wo):
                 s = _sum_in(row[ws[ow] : we[ow]])
                 orow[ow] = s / (we[ow] - ws[ow])
+        elif nrows <= _PARTIAL and d1 - d0 == 1:
+            # column sums of the window's rows in the data type (float32: no conversions
+            # in the long loop; at most 1024 values each), each cell's added in float64
+            lo = d0 * HW + h0 * W
+            for w in range(W):
+                cbuf[w] = xp[np.uint64(lo + w)]
+            for _ in range(1, h1 - h0):
+                lo += W
+                for w in range(W):
+                    cbuf[w] += xp[np.uint64(lo + w)]
+            for ow in range(Wo):
+                s = _sum(cbuf[ws[ow] : we[ow]])
+                orow[ow] = s / (nrows * (we[ow] - ws[ow]))
         else:  # add the window's rows into one row, then sum its column windows
             if d1 - d0 > 1 and HW <= _DEPTH_SUM_MAX:
                 # several depth slices: add them once per (n, c, od) into a plane of float64
