@@ -112,19 +112,19 @@ def describe() -> str:
     return f"numba {numba.__version__}, threading layer {layer}, {get_num_threads()} threads"
 
 
-def _launch(kernel, args, nt, current) -> None:
+def _launch(kernel, args, nt, current):
     """Run the parallel ``kernel(nt, *args)`` on ``nt`` threads (numba's count is
-    ``current``)."""
+    ``current``); return what it returns."""
     global _layer_is_safe
     if nt != current:
         numba.set_num_threads(nt)
     try:
         if _layer_is_safe:
-            kernel(nt, *args)
-        else:
-            with _launch_lock:
-                kernel(nt, *args)
-                _layer_is_safe = numba.threading_layer() != "workqueue"
+            return kernel(nt, *args)
+        with _launch_lock:
+            result = kernel(nt, *args)
+            _layer_is_safe = numba.threading_layer() != "workqueue"
+        return result
     finally:
         if nt != current:
             numba.set_num_threads(current)
@@ -155,15 +155,18 @@ def _jit(py_func, signature, parallel=True):
 
 
 class _Kernel:
-    """A parallel kernel ``f(nt, *args)``; ``kinds`` says what each of ``args`` is.
+    """A parallel kernel ``f(nt, *args)``; ``kinds`` says what each of ``args`` is. A
+    counting kernel returns an int64, the sum of its parts' counts (a ``prange``
+    reduction: an integer sum, the same for any thread count); the others return nothing.
 
     Work that one thread does runs ``f``'s serial part ``<f>_part(0, 1, *args)``, compiled
     on its own: no parallel region to start, no thread count to change.
     """
 
-    def __init__(self, py_func, kinds):
+    def __init__(self, py_func, kinds, counts=False):
         self.py_func = py_func
         self.kinds = kinds
+        self.result = types.int64 if counts else types.void
         arrays = [i for i, k in enumerate(kinds) if k != "int"]
         # (serial, dtype of each array argument): a generated function, not a loop per call
         self.key = eval(f"lambda s, a: (s, {', '.join(f'a[{i}].dtype' for i in arrays)})")
@@ -177,12 +180,13 @@ class _Kernel:
                 kernel = self.compiled.get(key)
                 if kernel is None:
                     argtypes = [_ARG_TYPES[k](a) for k, a in zip(self.kinds, args, strict=True)]
-                    signature = types.void(types.int64, types.int64, *argtypes)
                     if serial:
                         part = globals()[self.py_func.__name__ + "_part"].py_func
+                        signature = self.result(types.int64, types.int64, *argtypes)
                         kernel = _jit(part, signature, parallel=False)
                     else:
-                        kernel = _jit(self.py_func, types.void(types.int64, *argtypes))
+                        signature = self.result(types.int64, *argtypes)
+                        kernel = _jit(self.py_func, signature)
                     self.compiled[key] = kernel
         return kernel
 
@@ -195,16 +199,14 @@ class _Kernel:
             if nt > 1:
                 kernel = self.compiled.get(self.key(False, args)) or self._compiled(args, False)
                 if nt == current and _layer_is_safe:
-                    kernel(nt, *args)
-                else:
-                    _launch(kernel, args, nt, current)
-                return
+                    return kernel(nt, *args)
+                return _launch(kernel, args, nt, current)
         kernel = self.compiled.get(self.key(True, args)) or self._compiled(args, True)
-        kernel(0, 1, *args)
+        return kernel(0, 1, *args)
 
 
-def _kernel(*kinds):
-    return lambda py_func: _Kernel(py_func, kinds)
+def _kernel(*kinds, counts=False):
+    return lambda py_func: _Kernel(py_func, kinds, counts)
 
 
 # ----------------------------------------------------------------------------- windows
@@ -1075,11 +1077,11 @@ def _avg_bwd_planar_part(t, nt, go, gi, Do, Ho, Wo, D, H, W):
 
 
 @njit(error_model="numpy")
-def _max_bwd_planes(t, nt, go, indices, gi, bad, C, sc):
+def _max_bwd_planes(t, nt, go, indices, gi, C, sc):
     """Whole planes, four at a time: the additions of one plane into the same element wait on
     each other's stores, four planes' additions do not. ``gi``: (N*C, D*H*W); ``go`` and
     ``indices`` flat, element (n, c, cell) at ``(n * C * cells + c * sc) + cell * sp``.
-    An index outside the plane is skipped and counted in ``bad[t]`` (the host raises)."""
+    An index outside the plane is skipped and counted: returns the count (the host raises)."""
     P, size = gi.shape
     cells = len(go) // P
     sp = C if sc == 1 else 1
@@ -1108,35 +1110,39 @@ def _max_bwd_planes(t, nt, go, indices, gi, bad, C, sc):
             for i in range(size):
                 gi[p + k, i] = buf[i, k]
         p += 4
-    bad[t] = missed
+    return missed
 
 
-@_kernel("in", "in", "out", "out", "int", "int")
-def _max_bwd_whole(nt, go, indices, gi, bad, C, sc):
+@_kernel("in", "in", "out", "int", "int", counts=True)
+def _max_bwd_whole(nt, go, indices, gi, C, sc):
+    missed = 0
     for t in prange(nt):
-        _max_bwd_whole_part(np.int64(t), nt, go, indices, gi, bad, C, sc)
+        missed += _max_bwd_whole_part(np.int64(t), nt, go, indices, gi, C, sc)
+    return missed
 
 
 @njit(error_model="numpy")
-def _max_bwd_whole_part(t, nt, go, indices, gi, bad, C, sc):
-    _max_bwd_planes(t, nt, go, indices, gi, bad, C, sc)
+def _max_bwd_whole_part(t, nt, go, indices, gi, C, sc):
+    return _max_bwd_planes(t, nt, go, indices, gi, C, sc)
 
 
-@_kernel("in", "in", "out", "out", "int", "int", "int", "int", "int", "int", "int")
-def _max_bwd_planar(nt, go, indices, gi, hits, Do, Ho, Wo, D, H, W, R):
+@_kernel("in", "in", "out", "int", "int", "int", "int", "int", "int", "int", counts=True)
+def _max_bwd_planar(nt, go, indices, gi, Do, Ho, Wo, D, H, W, R):
+    found = 0
     for t in prange(nt):
-        _max_bwd_planar_part(np.int64(t), nt, go, indices, gi, hits, Do, Ho, Wo, D, H, W, R)
+        found += _max_bwd_planar_part(np.int64(t), nt, go, indices, gi, Do, Ho, Wo, D, H, W, R)
+    return found
 
 
 @njit(error_model="numpy")
-def _max_bwd_planar_part(t, nt, go, indices, gi, hits, Do, Ho, Wo, D, H, W, R):
+def _max_bwd_planar_part(t, nt, go, indices, gi, Do, Ho, Wo, D, H, W, R):
     """One work item per slab of ``R`` input rows of a plane (L1-sized), zeroed in place:
     every output cell that may cover the slab adds its gradient at its index when that falls
     in the slab, in output order (the order of the SPEC's loop), in the data type. Flat
     indices. Planes that are one slab go to :func:`_max_bwd_plane_part`, unless pooled to a
     single cell (the one-pass write below).
 
-    ``hits[t]`` counts the cells added: one whose index lies outside the rows its window
+    Returns the count of cells added: one whose index lies outside the rows its window
     covers is in no slab that looks for it, and the host then falls back to a scatter."""
     P = gi.shape[0]
     size, cells = D * H * W, Do * Ho * Wo
@@ -1175,17 +1181,19 @@ def _max_bwd_planar_part(t, nt, go, indices, gi, hits, Do, Ho, Wo, D, H, W, R):
                         gif[at + np.uint64(j)] += gof[np.uint64(o)]
                         found += 1
         _, _, p, s = _next(0, 0, p, s, 1, P, slabs)
-    hits[t] = found
+    return found
 
 
-@_kernel("in", "in", "out", "out", "int")
-def _max_bwd_plane(nt, go, indices, gi, hits, cells):
+@_kernel("in", "in", "out", "int", counts=True)
+def _max_bwd_plane(nt, go, indices, gi, cells):
+    found = 0
     for t in prange(nt):
-        _max_bwd_plane_part(np.int64(t), nt, go, indices, gi, hits, cells)
+        found += _max_bwd_plane_part(np.int64(t), nt, go, indices, gi, cells)
+    return found
 
 
 @njit(error_model="numpy")
-def _max_bwd_plane_part(t, nt, go, indices, gi, hits, cells):
+def _max_bwd_plane_part(t, nt, go, indices, gi, cells):
     """:func:`_max_bwd_planar_part` when every slab is a whole plane: one plane per work
     item, without the slab bookkeeping (most of the time of small planes)."""
     P, size = gi.shape
@@ -1203,7 +1211,7 @@ def _max_bwd_plane_part(t, nt, go, indices, gi, hits, cells):
             if j < usize:
                 gif[at + j] += gof[np.uint64(o)]
                 found += 1
-    hits[t] = found
+    return found
 
 
 # ---------------------------------------------------------- backward, channels-last layout
@@ -1332,10 +1340,12 @@ def _avg_bwd_cl_acc(gof, acc, wts, table, n, od0, od1, oh0, oh1, Do, Ho, Wo, C, 
                 acc[np.uint64(a + c)] += T(gof[np.uint64(b1 + a + c)] * w1)
 
 
-@_kernel("in", "in", "out", "out", "int", "int", "int", "int", "int", "int", "int")
-def _max_bwd_cl(nt, go, indices, gi, hits, N, Do, Ho, Wo, D, H, W):
+@_kernel("in", "in", "out", "int", "int", "int", "int", "int", "int", "int", counts=True)
+def _max_bwd_cl(nt, go, indices, gi, N, Do, Ho, Wo, D, H, W):
+    found = 0
     for t in prange(nt):
-        _max_bwd_cl_part(np.int64(t), nt, go, indices, gi, hits, N, Do, Ho, Wo, D, H, W)
+        found += _max_bwd_cl_part(np.int64(t), nt, go, indices, gi, N, Do, Ho, Wo, D, H, W)
+    return found
 
 
 @njit(inline="always")
@@ -1352,15 +1362,15 @@ def _match(ix, q, flat):
 
 
 @njit(error_model="numpy")
-def _max_bwd_cl_part(t, nt, go, indices, gi, hits, N, Do, Ho, Wo, D, H, W):
+def _max_bwd_cl_part(t, nt, go, indices, gi, N, Do, Ho, Wo, D, H, W):
     """One work item per input row ``(n, d, h)``; each element sums, in output order, the
     gradients of the covering cells whose index is its own position (a select: vectorises
     across channels). Up to two rows of up to three covering cells (small maps, upsampling)
     take one loop per element; more go to :func:`_max_bwd_cl_cells`. Flat indices, as in
     :func:`_avg_bwd_cl_part`.
 
-    A gather finds only the indices that lie in their own cell's window: ``hits[t]`` counts
-    the (cell, channel) pairs found, and the host falls back to a scatter when the total
+    A gather finds only the indices that lie in their own cell's window: it returns the
+    count of (cell, channel) pairs found, and the host falls back to a scatter when the total
     falls short of every pair (indices not from a forward pass). Each loop counts before
     it stores: numba cannot tell LLVM that ``gif`` does not alias ``ixf``, so after the
     store the indices would be loaded and compared again (1.1x)."""
@@ -1454,7 +1464,7 @@ def _max_bwd_cl_part(t, nt, go, indices, gi, hits, N, Do, Ho, Wo, D, H, W):
                 found += _max_bwd_cl_cells(gof, ixf, gif, col, at, n, cds[d], cde[d], chs[h],
                                            che[h], cws[w], nw, flat, Do, Ho, Wo, C)
         _, n, d, h = _next(0, n, d, h, N, D, H)
-    hits[t] = found
+    return found
 
 
 @njit(error_model="numpy")
@@ -1504,23 +1514,25 @@ def _max_bwd_cl_cells(gof, ixf, gif, col, at, n, od0, od1, oh0, oh1, ow0, nw, fl
     return found
 
 
-@_kernel("in", "out", "int")
-def _positions_bad(nt, ix, bad, plane):
+@_kernel("in", "int", counts=True)
+def _positions_bad(nt, ix, plane):
+    bad = 0
     for t in prange(nt):
-        _positions_bad_part(np.int64(t), nt, ix, bad, plane)
+        bad += _positions_bad_part(np.int64(t), nt, ix, plane)
+    return bad
 
 
 @njit(error_model="numpy")
-def _positions_bad_part(t, nt, ix, bad, plane):
-    """``bad[t]``: whether thread ``t``'s share of ``ix`` holds a position outside
-    ``[0, plane)`` (as unsigned, a negative one is huge; no early exit)."""
+def _positions_bad_part(t, nt, ix, plane):
+    """1 if thread ``t``'s share of ``ix`` holds a position outside ``[0, plane)``, else 0
+    (as unsigned, a negative one is huge; no early exit)."""
     first, last = _chunk(t, len(ix), nt)
     a = ix[first:last]
     top = np.uint64(0)
     for i in range(len(a)):  # the largest as unsigned: vectorises
         v = np.uint64(a[i])
         top = v if v > top else top
-    bad[t] = top >= np.uint64(plane)
+    return np.int64(top >= np.uint64(plane))
 
 
 # ------------------------------------------------------------------ small planes, any layout
@@ -2018,9 +2030,7 @@ def _backward(kind, inputs, grad_input, fresh=False):
             # skips and counts indices outside the plane, so only out= needs the check first
             if not fresh and not _positions_ok(flats[1][0], d * h * w):
                 return False
-            bad = np.zeros(numba.config.NUMBA_NUM_THREADS, np.int64)
-            _max_bwd_whole(work, flats[0][0], flats[1][0], gi_planar, bad, c, sc)
-            return not any(bad.tolist())
+            return not _max_bwd_whole(work, flats[0][0], flats[1][0], gi_planar, c, sc)
         if len({sc for _, sc in flats}) == 1:
             kernel = _avg_bwd_small if kind == "avg" else _max_bwd_small
             args = [f for f, _ in flats]
@@ -2047,16 +2057,15 @@ def _backward(kind, inputs, grad_input, fresh=False):
         else:
             _avg_bwd_planar(work, *args, target, do, ho, wo, d, h, w)
     else:
-        hits = np.zeros(numba.config.NUMBA_NUM_THREADS, np.int64)
         if channels_last:
-            _max_bwd_cl(work, *args, target, hits, n, do, ho, wo, d, h, w)
+            hits = _max_bwd_cl(work, *args, target, n, do, ho, wo, d, h, w)
         else:
             rows = max(1, min(_SLAB // w, d * h))
             if rows == d * h and do * ho * wo > 1:  # whole planes, no slabs
-                _max_bwd_plane(work, *args, target, hits, do * ho * wo)
+                hits = _max_bwd_plane(work, *args, target, do * ho * wo)
             else:
-                _max_bwd_planar(work, *args, target, hits, do, ho, wo, d, h, w, rows)
-        if sum(hits.tolist()) != args[0].size:
+                hits = _max_bwd_planar(work, *args, target, do, ho, wo, d, h, w, rows)
+        if hits != args[0].size:
             if fresh and not _positions_ok(args[1].reshape(-1), d * h * w):
                 return False
             # Some index lies outside its own cell's window (in the plane, so valid, but not
@@ -2093,9 +2102,7 @@ def _positions_ok(ix, plane):
     """Whether every position of the flat C-contiguous ``ix`` lies in ``[0, plane)``: one
     parallel read (the same split as the kernels' for contiguous indices, so mostly by the
     thread that then reads them again), before anything is written."""
-    bad = np.zeros(numba.config.NUMBA_NUM_THREADS, np.bool_)
-    _positions_bad(ix.size, ix, bad, plane)
-    return not any(bad.tolist())  # (ndarray.any costs 0.7 us on two elements)
+    return not _positions_bad(ix.size, ix, plane)
 
 
 #: Most output cells whose reciprocal window sizes the average backward keeps in a table.
