@@ -1194,20 +1194,39 @@ def _max_bwd_plane(nt, go, indices, gi, cells):
 
 @njit(error_model="numpy")
 def _max_bwd_plane_part(t, nt, go, indices, gi, cells):
-    """:func:`_max_bwd_planar_part` when every slab is a whole plane: one plane per work
-    item, without the slab bookkeeping (most of the time of small planes)."""
+    """:func:`_max_bwd_planar_part` when every slab is a whole plane: without the slab
+    bookkeeping (most of the time of small planes). Two planes at a time, their additions
+    interleaved: one plane's additions into the same element (neighbouring cells sharing a
+    maximum) wait on each other's stores, two planes' do not (1.1x; four measured 1.6x
+    slower). Each element still adds its cells in output order."""
     P, size = gi.shape
     gof, ixf, gif = go.reshape(go.size), indices.reshape(indices.size), gi.reshape(gi.size)
     zero = gi.dtype.type(0)
-    usize = np.uint64(size)
+    usize, ucells = np.uint64(size), np.uint64(cells)
     found = 0
     first, last = _chunk(t, P, nt)
-    for p in range(first, last):
+    p = first
+    while p + 2 <= last:
+        at = np.uint64(p * size)
+        for j in range(2 * size):
+            gif[at + np.uint64(j)] = zero
+        k = np.uint64(p * cells)
+        for o in range(cells):
+            i0, i1 = k + np.uint64(o), k + ucells + np.uint64(o)
+            j0, j1 = np.uint64(ixf[i0]), np.uint64(ixf[i1])  # negative ones are huge
+            if j0 < usize:
+                gif[at + j0] += gof[i0]
+                found += 1
+            if j1 < usize:
+                gif[at + usize + j1] += gof[i1]
+                found += 1
+        p += 2
+    if p < last:
         at = np.uint64(p * size)
         for j in range(size):
             gif[at + np.uint64(j)] = zero
         for o in range(p * cells, (p + 1) * cells):
-            j = np.uint64(ixf[np.uint64(o)])  # one unsigned test: negative ones are huge
+            j = np.uint64(ixf[np.uint64(o)])
             if j < usize:
                 gif[at + j] += gof[np.uint64(o)]
                 found += 1
