@@ -18,8 +18,9 @@ output cells covering it taken in output order -- no zero-fill pass, no atomics,
 bits for every thread count and both layouts. Average forward sums are float64, of input
 values or of float sums of at most 1024 of them (a plane's or row's pieces, a column of a
 planar window's rows, a channels-last window row); backward sums are in the data type, in
-output order (PyTorch's and the cython backend's bits; an average term is the float64
-product of gradient and 1/size, rounded once).
+output order (the cython backend's bits, and for max PyTorch's too; an average term is the
+float64 product of gradient and 1/size, rounded once: PyTorch's average backward rounds
+differently, within an ulp or two).
 
 Each kernel is a ``prange`` over threads around a serial ``*_part`` function that does one
 thread's contiguous share of the work: numba optimises a plain function better than a
