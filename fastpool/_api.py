@@ -23,6 +23,9 @@ def _is_dask(x) -> bool:
 
 
 def _resolve(backend, x, name):
+    """``(backend object, x as an array, shape, dtype)`` for an input of a call."""
+    if type(x) is np.ndarray:  # the common case, in fewer steps (small calls feel each one)
+        return _backends.resolve(backend), x, x.shape, x.dtype
     device = v.is_device_array(x)
     be = _backends.resolve(backend, device=device)
     if device and not be.accepts_device:
@@ -32,7 +35,7 @@ def _resolve(backend, x, name):
         )
     if not device:
         x = v.as_host_array(x, name)
-    return be, x
+    return (be, x, *v.array_meta(x, name))
 
 
 def _split_out(kind, out, return_indices):
@@ -56,11 +59,7 @@ def _forward(kind, dims, x, output_size, return_indices, backend, out, data_form
         return _dask.forward(
             kind, dims, x, output_size, return_indices, backend, out, data_format
         )
-    if type(x) is np.ndarray:  # the common case, in fewer steps (small calls feel each one)
-        be, shape, dtype = _backends.resolve(backend), x.shape, x.dtype
-    else:
-        be, x = _resolve(backend, x, "x")
-        shape, dtype = v.array_meta(x, "x")
+    be, x, shape, dtype = _resolve(backend, x, "x")
     plan = v.forward_plan(shape, dtype, output_size, dims, channels_last)
     out_values, out_indices = _split_out(kind, out, return_indices)
     values, indices = be.forward(kind, x, plan, out_values, out_indices)
@@ -77,11 +76,7 @@ def _backward(kind, dims, grad_output, indices, input_shape, backend, out, data_
         return _dask.backward(
             kind, dims, grad_output, indices, input_shape, backend, out, data_format
         )
-    if type(grad_output) is np.ndarray:  # (as in _forward)
-        be, shape, dtype = _backends.resolve(backend), grad_output.shape, grad_output.dtype
-    else:
-        be, grad_output = _resolve(backend, grad_output, "grad_output")
-        shape, dtype = v.array_meta(grad_output, "grad_output")
+    be, grad_output, shape, dtype = _resolve(backend, grad_output, "grad_output")
     plan = v.backward_plan(shape, dtype, input_shape, dims, channels_last)
     if kind == "max":
         if not v.is_device_array(indices):

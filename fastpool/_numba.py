@@ -1936,16 +1936,13 @@ _SMALL_PLANE = 1024
 _SMALL_BLOCK = 32
 
 
-def _small_planes(inp, outp, both_channels_last):
-    """Whether the small-plane kernels run ``inp -> outp`` (forward: x -> out, backward:
-    grad_output -> grad_input) in place. Not for a single output cell per plane (global
-    pooling: the planar and channels-last kernels stream it), nor when both sides are
-    channels-last (the caller knows: the channels-last kernels vectorise there without a
-    store pass). The choice depends on the spatial shapes and the layouts only
-    (channels-last as :func:`_pick_layout` decides it), so a chunk of an array takes the
-    same path as the whole."""
-    if both_channels_last:
-        return False
+def _small_planes(inp, outp):
+    """Whether the small-plane kernels can run ``inp -> outp`` (forward: x -> out,
+    backward: grad_output -> grad_input) in place, by the spatial shapes: not for a single
+    output cell per plane (global pooling: the planar and channels-last kernels stream it).
+    Callers also keep the small-plane kernels from channels-last to channels-last (the
+    channels-last kernels vectorise there without a store pass), deciding by the layouts
+    as :func:`_pick_layout` does, so a chunk of an array takes the same path as the whole."""
     _, _, d, h, w = inp.shape
     _, _, do, ho, wo = outp.shape
     if max(d * h * w, do * ho * wo, d * h * wo, do * ho * w) > _SMALL_PLANE:
@@ -1977,7 +1974,7 @@ def _block(a):
 def avg_forward(x, out):
     """``out[n, c, od, oh, ow]`` = mean of the window of ``x`` (float64 sums, of input
     values or of float sums of at most 1024 of them)."""
-    if not _is_channels_last(x) and _small_planes(x, out, False):
+    if not _is_channels_last(x) and _small_planes(x, out):
         flat, sc = _small_input(x)
         _avg_fwd_small(x.size + out.size, flat, out, *x.shape[2:], sc, _block(x))
         return
@@ -2001,7 +1998,7 @@ def avg_forward(x, out):
 
 def max_forward(x, out, indices):
     """Window maximum (SPEC rules for ties, NaN, -inf) and its flat position in the plane."""
-    if not _is_channels_last(x) and _small_planes(x, out, False) and indices.flags.aligned:
+    if not _is_channels_last(x) and _small_planes(x, out) and indices.flags.aligned:
         work = x.size + 2 * out.size
         flat, sc = _small_input(x)
         itype = _position_type(x)
@@ -2041,7 +2038,7 @@ def _backward(kind, inputs, grad_input, fresh=False):
     # A max gradient between planar arrays stays with the planar kernel, whose slab is the
     # whole plane there.
     planar_max = kind == "max" and not cl_in
-    if not planar_max and _small_planes(inputs[0], grad_input, channels_last and cl_in):
+    if not planar_max and not (channels_last and cl_in) and _small_planes(inputs[0], grad_input):
         flats = [_small_input(a) for a in inputs]
         sc = flats[0][1]
         gi_planar = None if channels_last else _planar(grad_input)
