@@ -1583,9 +1583,18 @@ def _load(dst, src, at, sc, m):
 
 
 @njit(inline="always")
-def _store_planes(res, out, n, c0, m):
-    """``out[n, c0 + j] = res[:, j]`` for the block's ``m`` channels, plane by plane."""
-    _, _, Do, Ho, Wo = out.shape
+def _store_planes(res, out, oflat, n, c0, m):
+    """``out[n, c0 + j] = res[:, j]`` for the block's ``m`` channels, plane by plane:
+    through ``oflat``, ``out``'s flat C-contiguous view, unless that is empty (any other
+    strides)."""
+    _, C, Do, Ho, Wo = out.shape
+    if len(oflat) > 0:
+        cells = Do * Ho * Wo
+        for j in range(m):
+            at = (n * C + c0 + j) * cells
+            for k in range(cells):
+                oflat[np.uint64(at + k)] = res[k, j]
+        return
     for j in range(m):
         dst = out[n, c0 + j]
         k = 0
@@ -1597,70 +1606,111 @@ def _store_planes(res, out, n, c0, m):
                     k += 1
 
 
-@_kernel("in", "any", "int", "int", "int", "int", "int")
-def _avg_fwd_small(nt, x, out, D, H, W, sc, cb):
+@_kernel("in", "any", "out", "int", "int", "int", "int", "int")
+def _avg_fwd_small(nt, x, out, oflat, D, H, W, sc, cb):
     for t in prange(nt):
-        _avg_fwd_small_part(np.int64(t), nt, x, out, D, H, W, sc, cb)
+        _avg_fwd_small_part(np.int64(t), nt, x, out, oflat, D, H, W, sc, cb)
 
 
 @njit(error_model="numpy")
-def _avg_fwd_small_part(t, nt, x, out, D, H, W, sc, cb):
-    """Sums along W first (``rows[d, h, ow, channel]``), then over the window's rows."""
+def _avg_fwd_small_part(t, nt, x, out, oflat, D, H, W, sc, cb):
+    """A block of channels of one sample is transposed into ``xb`` (channels innermost);
+    each cell then adds its window as :func:`_avg_fwd_cl_part` does (each row summed in x's
+    precision, the rows in float64), so the bits are those of the channels-last kernel."""
     N, C, Do, Ho, Wo = out.shape
     sp = C if sc == 1 else 1
     sn = C * D * H * W
     ds, de = _bounds(D, Do)
     hs, he = _bounds(H, Ho)
     ws, we = _bounds(W, Wo)
-    rows = np.empty((D, H, Wo, cb), np.float64)
-    res = np.empty((Do * Ho * Wo, cb), np.float64)
+    xb = np.empty((D * H * W, cb), x.dtype)
+    rs = np.empty(cb, x.dtype)
     acc = np.empty(cb, np.float64)
-    v = np.empty(cb, x.dtype)
+    res = np.empty((Do * Ho * Wo, cb), out.dtype)
     blocks = (C + cb - 1) // cb
     first, last = _chunk(t, N * blocks, nt)
     for item in range(first, last):
         n, b = item // blocks, item % blocks
         c0 = b * cb
         m = min(cb, C - c0)
-        base = n * sn + c0 * sc
-        for d in range(D):
-            for h in range(H):
-                for ow in range(Wo):
-                    r = rows[d, h, ow]
-                    _load(v, x, base + ((d * H + h) * W + ws[ow]) * sp, sc, m)
-                    for j in range(m):
-                        r[j] = v[j]
-                    for w in range(ws[ow] + 1, we[ow]):
-                        _load(v, x, base + ((d * H + h) * W + w) * sp, sc, m)
-                        for j in range(m):
-                            r[j] += v[j]
+        _gather_block(xb, x, n * sn + c0 * sc, sc, sp, m)
         k = 0
         for od in range(Do):
             for oh in range(Ho):
                 for ow in range(Wo):
+                    w0, nw = ws[ow], we[ow] - ws[ow]
+                    nd, nh = de[od] - ds[od], he[oh] - hs[oh]
+                    rows = nd * nh
+                    scale = 1.0 / (rows * nw)
+                    p = (ds[od] * H + hs[oh]) * W + w0
+                    dst = res[k]
+                    k += 1
+                    if rows <= 2 and nw <= 2:  # one loop (upsampling, small maps)
+                        p2 = p + (H * W if nd == 2 else W)
+                        if rows == 1 and nw == 1:
+                            for j in range(m):
+                                dst[j] = (0.0 + xb[p, j]) * scale
+                        elif rows == 1:
+                            for j in range(m):
+                                dst[j] = (0.0 + (xb[p, j] + xb[p + 1, j])) * scale
+                        elif nw == 1:
+                            for j in range(m):
+                                dst[j] = ((0.0 + xb[p, j]) + xb[p2, j]) * scale
+                        else:
+                            for j in range(m):
+                                dst[j] = ((0.0 + (xb[p, j] + xb[p + 1, j]))
+                                          + (xb[p2, j] + xb[p2 + 1, j])) * scale
+                        continue
                     for j in range(m):
                         acc[j] = 0.0
                     for d in range(ds[od], de[od]):
                         for h in range(hs[oh], he[oh]):
-                            r = rows[d, h, ow]
-                            for j in range(m):
-                                acc[j] += r[j]
-                    scale = 1.0 / ((de[od] - ds[od]) * (he[oh] - hs[oh]) * (we[ow] - ws[ow]))
-                    dst = res[k]
+                            p = (d * H + h) * W + w0
+                            if nw == 1:
+                                for j in range(m):
+                                    acc[j] += xb[p, j]
+                            elif nw == 2:
+                                for j in range(m):
+                                    acc[j] += xb[p, j] + xb[p + 1, j]
+                            else:
+                                for j in range(m):
+                                    rs[j] = xb[p, j] + xb[p + 1, j]
+                                for w in range(2, nw):
+                                    for j in range(m):
+                                        rs[j] += xb[p + w, j]
+                                for j in range(m):
+                                    acc[j] += rs[j]
                     for j in range(m):
                         dst[j] = acc[j] * scale
-                    k += 1
-        _store_planes(res, out, n, c0, m)
+        _store_planes(res, out, oflat, n, c0, m)
 
 
-@_kernel("in", "any", "any", "in", "int", "int", "int", "int", "int")
-def _max_fwd_small(nt, x, out, indices, itype, D, H, W, sc, cb):
+@njit(inline="always")
+def _gather_block(xb, x, base, sc, sp, m):
+    """``xb[p, j] = x[base + p * sp + j * sc]``: a block of ``m`` channels, channels
+    innermost."""
+    P = xb.shape[0]
+    if sc == 1:
+        for p in range(P):
+            s = x[base + p * sp : base + p * sp + m]
+            for j in range(m):
+                xb[p, j] = s[j]
+    else:
+        for j in range(m):
+            s = x[base + j * sc : base + j * sc + P]
+            for p in range(P):
+                xb[p, j] = s[p]
+
+
+@_kernel("in", "any", "any", "out", "out", "in", "int", "int", "int", "int", "int")
+def _max_fwd_small(nt, x, out, indices, oflat, iflat, itype, D, H, W, sc, cb):
     for t in prange(nt):
-        _max_fwd_small_part(np.int64(t), nt, x, out, indices, itype, D, H, W, sc, cb)
+        _max_fwd_small_part(np.int64(t), nt, x, out, indices, oflat, iflat, itype, D, H, W, sc,
+                            cb)
 
 
 @njit(error_model="numpy")
-def _max_fwd_small_part(t, nt, x, out, indices, itype, D, H, W, sc, cb):
+def _max_fwd_small_part(t, nt, x, out, indices, oflat, iflat, itype, D, H, W, sc, cb):
     """Maxima along W first (value and position, scan rule), then merged over the window's
     rows in scan order with the same rule: that is the scan of the whole window. Updates
     are selects into a second buffer, copied back: with these short channel loops that is
@@ -1726,18 +1776,18 @@ def _max_fwd_small_part(t, nt, x, out, indices, itype, D, H, W, sc, cb):
                                     dv[j] = tv[j]
                                     di[j] = ti[j]
                     k += 1
-        _store_planes(resv, out, n, c0, m)
-        _store_planes(resi, indices, n, c0, m)
+        _store_planes(resv, out, oflat, n, c0, m)
+        _store_planes(resi, indices, iflat, n, c0, m)
 
 
-@_kernel("in", "any", "int", "int", "int", "int", "int")
-def _avg_bwd_small(nt, go, gi, Do, Ho, Wo, sc, cb):
+@_kernel("in", "any", "out", "int", "int", "int", "int", "int")
+def _avg_bwd_small(nt, go, gi, gflat, Do, Ho, Wo, sc, cb):
     for t in prange(nt):
-        _avg_bwd_small_part(np.int64(t), nt, go, gi, Do, Ho, Wo, sc, cb)
+        _avg_bwd_small_part(np.int64(t), nt, go, gi, gflat, Do, Ho, Wo, sc, cb)
 
 
 @njit(error_model="numpy")
-def _avg_bwd_small_part(t, nt, go, gi, Do, Ho, Wo, sc, cb):
+def _avg_bwd_small_part(t, nt, go, gi, gflat, Do, Ho, Wo, sc, cb):
     """The terms and their order are those of :func:`_avg_bwd_planar_part`, so the bits are
     the same: per input row, ``acc[ow]`` sums the covering cells' weighted gradients over
     (od, oh); each element then sums ``acc`` over its covering ``ow``."""
@@ -1789,17 +1839,17 @@ def _avg_bwd_small_part(t, nt, go, gi, Do, Ho, Wo, sc, cb):
                         for j in range(m):
                             dst[j] += a[j]
                     k += 1
-        _store_planes(res, gi, n, c0, m)
+        _store_planes(res, gi, gflat, n, c0, m)
 
 
-@_kernel("in", "in", "any", "int", "int", "int", "int", "int")
-def _max_bwd_small(nt, go, indices, gi, Do, Ho, Wo, sc, cb):
+@_kernel("in", "in", "any", "out", "int", "int", "int", "int", "int")
+def _max_bwd_small(nt, go, indices, gi, gflat, Do, Ho, Wo, sc, cb):
     for t in prange(nt):
-        _max_bwd_small_part(np.int64(t), nt, go, indices, gi, Do, Ho, Wo, sc, cb)
+        _max_bwd_small_part(np.int64(t), nt, go, indices, gi, gflat, Do, Ho, Wo, sc, cb)
 
 
 @njit(error_model="numpy")
-def _max_bwd_small_part(t, nt, go, indices, gi, Do, Ho, Wo, sc, cb):
+def _max_bwd_small_part(t, nt, go, indices, gi, gflat, Do, Ho, Wo, sc, cb):
     """The SPEC's loop: every output cell, in output order, adds its gradient at its index
     (in ``cb`` planes at once: independent additions, no chain through memory)."""
     N, C, D, H, W = gi.shape
@@ -1823,7 +1873,7 @@ def _max_bwd_small_part(t, nt, go, indices, gi, Do, Ho, Wo, sc, cb):
             _load(ix, indices, base + cell * sp, sc, m)
             for j in range(m):
                 flat[np.uint64(ix[j] * cb + j)] += g[j]
-        _store_planes(res, gi, n, c0, m)
+        _store_planes(res, gi, gflat, n, c0, m)
 
 
 # ------------------------------------------------------------------------------ layouts
@@ -1933,21 +1983,32 @@ def _position_type(x):
 #: Largest plane (input, output, and input rows times output width) of the small-plane
 #: kernels, and their channels per work item.
 _SMALL_PLANE = 1024
+_SMALL_POOLED = 256
+_SMALL_WINDOW = 8
 _SMALL_BLOCK = 32
+_SMALL_BYTES = 48 * 1024
 
 
-def _small_planes(inp, outp):
+def _small_planes(inp, outp, backward=False):
     """Whether the small-plane kernels can run ``inp -> outp`` (forward: x -> out,
-    backward: grad_output -> grad_input) in place, by the spatial shapes: not for a single
-    output cell per plane (global pooling: the planar and channels-last kernels stream it).
+    backward: grad_output -> grad_input) in place, by the spatial shapes: planes of up to
+    ``_SMALL_PLANE`` elements, not a single output cell per plane (global pooling: the
+    planar and channels-last kernels stream it), and small windows unless the pooled
+    planes are small too: windows of more than ``_SMALL_WINDOW`` elements in planes of more
+    than ``_SMALL_POOLED`` run faster through the planar kernels' long rows (measured,
+    float32, one thread: 32x32 -> 4x4 2-3x, 16x64 -> 3x5 2-3.5x, 1x500 -> 7 2-5x; where
+    the small-plane kernels win, 1.2-11x: upsampling, small maps, 1x300 -> 60).
     Callers also keep the small-plane kernels from channels-last to channels-last (the
     channels-last kernels vectorise there without a store pass), deciding by the layouts
     as :func:`_pick_layout` does, so a chunk of an array takes the same path as the whole."""
-    _, _, d, h, w = inp.shape
-    _, _, do, ho, wo = outp.shape
+    _, _, d, h, w = (outp if backward else inp).shape  # the pooled input's plane
+    _, _, do, ho, wo = (inp if backward else outp).shape
     if max(d * h * w, do * ho * wo, d * h * wo, do * ho * w) > _SMALL_PLANE:
         return False
     if min(d * h * w, do * ho * wo) == 1:
+        return False
+    window = -(-d // do) * -(-h // ho) * -(-w // wo)
+    if d * h * w > _SMALL_POOLED and window > _SMALL_WINDOW:
         return False
     return outp.flags.aligned
 
@@ -1966,9 +2027,30 @@ def _small_input(a):
     return view.reshape(-1), (d * h * w if c > 1 else 1)
 
 
-def _block(a):
-    """Channels per work item of the small-plane kernels."""
-    return min(a.shape[1], _SMALL_BLOCK)
+def _flat(a):
+    """``a``'s flat view if it is C-contiguous, else an empty array of its type: where the
+    small-plane kernels store their results directly."""
+    flags = a.flags
+    if flags.c_contiguous and flags.aligned:
+        return a.reshape(-1)
+    return _EMPTY_POSITIONS if a.dtype == _EMPTY_POSITIONS.dtype else _EMPTY[a.dtype]
+
+
+def _block(a, elems=0):
+    """Channels per work item of the small-plane kernels on ``a`` (their input or output):
+    128 (the inner loops run across the block: their set-up costs less per channel in
+    longer blocks), a multiple of 8 down to 32 when buffers of ``elems`` elements per
+    channel would not fit ``_SMALL_BYTES``, and fewer where that leaves a thread without
+    an item. The block shapes the work, never the results (measured: the max
+    forward's row buffers are read as they are written, and want 128 even beyond L1)."""
+    n, c = a.shape[:2]
+    cb = 128
+    if elems:
+        cb = max(32, min(cb, _SMALL_BYTES // (elems * a.itemsize)) // 8 * 8)
+    threads = _num_threads or numba.config.NUMBA_NUM_THREADS
+    per_sample = -(-threads // max(n, 1))  # blocks per sample for an item per thread
+    cb = min(cb, max(8, (-(-c // per_sample) + 7) // 8 * 8))
+    return min(c, cb)
 
 
 def avg_forward(x, out):
@@ -1976,7 +2058,9 @@ def avg_forward(x, out):
     values or of float sums of at most 1024 of them)."""
     if not _is_channels_last(x) and _small_planes(x, out):
         flat, sc = _small_input(x)
-        _avg_fwd_small(x.size + out.size, flat, out, *x.shape[2:], sc, _block(x))
+        planes = x.shape[0] * x.shape[1]
+        cb = _block(x, (x.size + out.size) // planes)  # buffers: an input and an output plane
+        _avg_fwd_small(x.size + out.size, flat, out, _flat(out), *x.shape[2:], sc, cb)
         return
     target = _writable(out)
     channels_last, xv = _pick_layout(x)
@@ -2002,7 +2086,8 @@ def max_forward(x, out, indices):
         work = x.size + 2 * out.size
         flat, sc = _small_input(x)
         itype = _position_type(x)
-        _max_fwd_small(work, flat, out, indices, itype, *x.shape[2:], sc, _block(x))
+        _max_fwd_small(work, flat, out, indices, _flat(out), _flat(indices), itype, *x.shape[2:],
+                       sc, _block(x))
         return
     target, itarget = _writable(out), _writable(indices)
     channels_last, xv = _pick_layout(x)
@@ -2038,7 +2123,8 @@ def _backward(kind, inputs, grad_input, fresh=False):
     # A max gradient between planar arrays stays with the planar kernel, whose slab is the
     # whole plane there.
     planar_max = kind == "max" and not cl_in
-    if not planar_max and not (channels_last and cl_in) and _small_planes(inputs[0], grad_input):
+    small = _small_planes(inputs[0], grad_input, backward=True)
+    if not planar_max and not (channels_last and cl_in) and small:
         flats = [_small_input(a) for a in inputs]
         sc = flats[0][1]
         gi_planar = None if channels_last else _planar(grad_input)
@@ -2053,7 +2139,8 @@ def _backward(kind, inputs, grad_input, fresh=False):
             args = [f for f, _ in flats]
             if kind == "max" and not _positions_ok(args[1], d * h * w):
                 return False
-            kernel(work, *args, grad_input, do, ho, wo, sc, _block(grad_input))
+            cb = _block(grad_input, d * h * w + wo)  # buffers: a grad_input plane, a row
+            kernel(work, *args, grad_input, _flat(grad_input), do, ho, wo, sc, cb)
             return True
     view = _channels_last(grad_input) if channels_last else _planar(grad_input)
     target = view
@@ -2112,7 +2199,8 @@ def _max_bwd_scatter(work, args, target, channels_last, shape):
         sc = do
     threads = _num_threads or numba.config.NUMBA_NUM_THREADS
     cb = max(1, min(c, _SMALL_BLOCK, n * c // (2 * threads)))
-    _max_bwd_small(work, args[0].reshape(-1), args[1].reshape(-1), gi, do, ho, wo, sc, cb)
+    _max_bwd_small(work, args[0].reshape(-1), args[1].reshape(-1), gi, _flat(gi), do, ho, wo, sc,
+                   cb)
 
 
 def _positions_ok(ix, plane):

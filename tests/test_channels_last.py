@@ -209,6 +209,29 @@ def test_upsampling_average_backward_same_bits_in_both_layouts(backend, rng, cha
     assert_close(expected, backward("avg", 2, grad, None, (2, channels, 5, 5), backend="numpy"))
 
 
+@pytest.mark.parametrize("dtype", (np.float32, np.float64))
+@pytest.mark.parametrize(
+    ("shape", "osize"),
+    [
+        ((3, 200, 5, 5), 7),
+        ((2, 45, 7, 7), (5, 3)),
+        ((1, 130, 1, 40), (1, 100)),
+        ((4, 9, 6, 9), (4, 13)),
+    ],
+)
+def test_numba_small_map_average_same_bits_in_both_layouts(rng, shape, osize, dtype):
+    """Numba: small 2-d maps (where channels-first planes are pooled a block of channels at
+    a time) give the channels-last kernel's bits, for several blocks and a partial one."""
+    if "numba" not in fastpool.available_backends():
+        pytest.skip("numba is not usable here")
+    backend = "numba"
+    x = (rng.standard_normal(shape) * 10 ** rng.uniform(-3, 3, shape)).astype(dtype)
+    expected = forward("avg", 2, x, osize, backend=backend)[0]
+    actual = forward("avg", 2, np.ascontiguousarray(to_last(x, 2)), osize, backend=backend, **CL)
+    assert_identical(actual[0], to_last(expected, 2))
+    assert_close(expected, forward("avg", 2, x, osize, backend="numpy")[0])
+
+
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize(("dims", "shape", "osize"), CASES, ids=IDS)
 def test_matches_torch(backend, rng, dims, shape, osize, kind):

@@ -101,12 +101,24 @@ def test_out_is_filled_and_returned(backend, rng, dims):
     f_out = np.asfortranarray(np.empty_like(out))
     avg(x, 3, backend=backend, out=f_out)
     assert_close(f_out, avg(x, 3, backend="numpy"))
+    f_values = np.asfortranarray(np.empty_like(out))
+    f_indices = np.asfortranarray(np.empty(out.shape, np.int64))
+    mx(x, 3, True, backend=backend, out=(f_values, f_indices))
+    assert_identical(f_values, ref_v)
+    assert_identical(f_indices, ref_i)
+    f_gi = np.asfortranarray(np.empty_like(x))
+    avg_bwd = getattr(fastpool, f"adaptive_avg_pool{dims}d_backward")
+    avg_bwd(out, x.shape, backend=backend, out=f_gi)
+    assert_close(f_gi, avg_bwd(out, x.shape, backend="numpy"))
 
     grad = rng.standard_normal(out.shape)
     gi_out = np.empty_like(x)
     bwd = getattr(fastpool, f"adaptive_max_pool{dims}d_backward")
     assert bwd(grad, ref_i, x.shape, backend=backend, out=gi_out) is gi_out
     assert_close(gi_out, bwd(grad, ref_i, x.shape, backend="numpy"))
+    f_gi = np.asfortranarray(np.empty_like(x))
+    bwd(grad, ref_i, x.shape, backend=backend, out=f_gi)
+    assert_close(f_gi, gi_out)
 
 
 def _set_threads(backend, n):
