@@ -95,10 +95,11 @@ def _numba_threads() -> int:
 _layer_threads = None
 
 
-def set_num_threads(n: int) -> None:
-    """Threads per kernel call, in every Python thread (numba's own setter is per thread)."""
+def set_num_threads(n: int | None) -> None:
+    """Threads per kernel call, in every Python thread (numba's own setter is per thread);
+    ``None``: numba's own count again."""
     global _num_threads
-    _num_threads = max(1, min(int(n), numba.config.NUMBA_NUM_THREADS))
+    _num_threads = None if n is None else max(1, min(int(n), numba.config.NUMBA_NUM_THREADS))
 
 
 def get_num_threads() -> int:

@@ -24,8 +24,6 @@ from collections.abc import Iterator
 _lock = threading.Lock()
 #: The count set by the user, or None for the backends' own defaults.
 _requested: int | None = None
-#: backend name -> its thread count before fastpool first changed it (to restore on None).
-_defaults: dict[str, int] = {}
 
 
 def _module(backend):
@@ -33,27 +31,18 @@ def _module(backend):
     return getattr(backend, "module", backend)
 
 
-def _set(name: str, backend, n: int | None) -> None:
-    module = _module(backend)
-    setter = getattr(module, "set_num_threads", None)
-    if setter is None:
-        return
-    if n is None:
-        if name in _defaults:
-            setter(_defaults.pop(name))
-        return
-    if name not in _defaults:
-        getter = getattr(module, "get_num_threads", None)
-        if getter is not None:
-            _defaults[name] = int(getter())
-    setter(n)
+def _set(backend, n: int | None) -> None:
+    """Pass ``n`` to a backend module's own setter (``None``: back to its default)."""
+    setter = getattr(_module(backend), "set_num_threads", None)
+    if setter is not None:
+        setter(n)
 
 
 def apply(backend) -> None:
     """Give a freshly loaded backend the thread count set so far (called by ``_backends._load``)."""
     with _lock:
         if _requested is not None:
-            _set(getattr(backend, "name", repr(backend)), backend, _requested)
+            _set(backend, _requested)
 
 
 def _check(n) -> int | None:
@@ -102,8 +91,8 @@ def set_num_threads(n: int | None) -> None:
     value = _check(n)
     with _lock:
         _requested = value
-        for name, backend in list(_backends._loaded.items()):
-            _set(name, backend, value)
+        for backend in list(_backends._loaded.values()):
+            _set(backend, value)
 
 
 def get_num_threads() -> int:

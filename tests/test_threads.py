@@ -146,6 +146,19 @@ def test_none_restores_each_backends_default():
     fastpool.set_num_threads(None)
     assert {name: m.get_num_threads() for name, m in modules.items()} == defaults
     assert fastpool.get_num_threads() >= 1
+    # the defaults themselves, not their values at the time: each backend follows its own
+    # setting again
+    if "cython" in modules and modules["cython"].OPENMP:
+        assert "set_num_threads" not in modules["cython"].describe()
+    if "numba" in modules:
+        import numba
+
+        before = numba.get_num_threads()
+        numba.set_num_threads(1)
+        try:
+            assert modules["numba"].get_num_threads() == 1
+        finally:
+            numba.set_num_threads(before)
 
 
 def test_limit_threads_restores_the_previous_setting():
@@ -173,8 +186,8 @@ def test_backend_loaded_later_gets_the_setting(monkeypatch):
     assert calls == []
     assert _backends._load("fake").module is fake
     assert calls == [3]
-    fastpool.set_num_threads(None)  # restores the default it had before fastpool changed it
-    assert calls == [3, 4]
+    fastpool.set_num_threads(None)  # hands it back its own default
+    assert calls == [3, None]
 
 
 @pytest.mark.parametrize(
