@@ -10,8 +10,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m fastpool", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="version, backends (usable or why not), threads, library versions")
-    sub.add_parser("demo", help="show fastpool on real arrays, checked against PyTorch")
-    # add_help=False: `bench -h` reaches the bench module's own parser, which has the options
+    # add_help=False: `demo -h` and `bench -h` reach the modules' own parsers, which have the
+    # options
+    sub.add_parser(
+        "demo", help="show fastpool on real arrays, checked against PyTorch (demo -h)",
+        add_help=False,
+    )
     sub.add_parser("bench", help="time the backends against PyTorch (bench -h)", add_help=False)
     args, rest = parser.parse_known_args(argv)
     if args.command == "info":

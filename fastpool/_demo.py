@@ -16,6 +16,7 @@ import numpy as np
 import fastpool
 
 from . import _backends, bench
+from ._info import default_backend
 
 _SHADES = " .:-=+*#%@"  # dark to bright
 #: the short benchmark: small enough to take seconds with the numpy backend included
@@ -98,9 +99,9 @@ def _backends_section() -> list[str]:
     status = _backends.backend_status()
     for name, (ok, reason) in status.items():
         reason = " ".join(reason.split())  # some reasons come with line breaks
-        print(f"  {name:<7} {'usable' if ok else 'not usable: ' + reason[:150]}")
+        print(f"  {name:<7} {'usable' if ok else 'not usable: ' + reason}")
     print(
-        f"  backend=None uses {fastpool.get_backend()!r} for host arrays here "
+        f"  backend=None uses {default_backend()!r} for host arrays here "
         "(fastest usable; change it with backend=, fastpool.use_backend(), "
         "fastpool.set_backend() or $FASTPOOL_BACKEND)"
     )

@@ -27,6 +27,14 @@ def backend_details() -> dict[str, str]:
     return details
 
 
+def default_backend() -> str:
+    """What ``backend=None`` picks for host arrays, or why nothing (a bad setting)."""
+    try:
+        return _backends.get_backend()
+    except _backends.BackendError as err:
+        return f"none: {err}"
+
+
 def info_text() -> str:
     status = _backends.backend_status()
     lines = [
@@ -38,8 +46,9 @@ def info_text() -> str:
     details = backend_details()
     for name, (ok, reason) in status.items():
         extra = f" [{details[name]}]" if name in details else ""
+        reason = " ".join(reason.split())  # some reasons come with line breaks
         lines.append(f"  {name:<7} {'usable' if ok else 'not usable: ' + reason}{extra}")
-    lines.append(f"default for host arrays: {_backends.get_backend()}")
+    lines.append(f"default for host arrays: {default_backend()}")
     lines.append("")
     lines.append("versions:")
     for dist in ("numpy", "numba", "numba-cuda", "Cython", "torch", "dask"):

@@ -101,3 +101,13 @@ def test_info_command_lists_every_backend():
     for name in _backends.BACKEND_MODULES:
         assert f"  {name} " in out
     assert "numpy" in out and "versions:" in out
+
+
+def test_info_command_reports_a_bad_backend_setting():
+    """``info`` is where a user looks when the setting is wrong: it says so, it does not fail."""
+    out = subprocess.run(
+        [sys.executable, "-m", "fastpool", "info"], capture_output=True, text=True, check=True,
+        env={**os.environ, "FASTPOOL_BACKEND": "bogus"},
+    ).stdout
+    assert "default for host arrays: none: unknown backend 'bogus'" in out
+    assert "FASTPOOL_BACKEND=bogus" in out
