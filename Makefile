@@ -7,7 +7,7 @@ PIP_FLAGS ?= -q --disable-pip-version-check
 
 .PHONY: demo test build info lint clean
 
-# Test environment: editable install with every test dependency (PyTorch CPU included).
+# Test environment: editable install with every test dependency (PyTorch included).
 $(VENV)/.installed: pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install $(PIP_FLAGS) --upgrade pip "setuptools>=64" wheel "Cython>=3.0" "numpy>=2.0"
@@ -58,7 +58,7 @@ clean:
 ASV := $(PY) -m asv
 #: benchmarks to run (regex over names like "MaxPool.time_pool('numba', '32x64x5x5->7 NCHW')")
 ASV_BENCH ?= .
-#: asv-history's selection: by default the four float32 ops of every CPU backend (and PyTorch)
+#: asv-history's selection: by default the four float32 ops of both compiled backends (and PyTorch)
 #: on one case, and the import time: a few minutes per commit. ASV_HISTORY_BENCH=. times the
 #: whole table (hundreds of benchmarks, tens of minutes per commit).
 ASV_HISTORY_BENCH ?= (Avg|Max)Pool(Backward)?\.time_pool\(.*32x64x5x5->7 NCHW|timeraw_import_fastpool

@@ -31,7 +31,10 @@ from ._windows import window_arrays
 
 if importlib.util.find_spec("numba_cuda") is None:
     # numba's own numba.cuda is deprecated and warns on import; only the maintained target counts
-    raise BackendUnavailable("numba-cuda is not installed (pip install 'fastpool[cuda]')")
+    raise BackendUnavailable(
+        "numba-cuda is not installed (pip install numba-cuda, or fastpool's cuda extra: "
+        "pip install '.[cuda]' in its source tree)"
+    )
 
 from numba import cuda  # noqa: E402
 
@@ -59,7 +62,6 @@ if not SIMULATOR and not cuda.is_available():
 
 from . import _cuda_kernels as K  # noqa: E402
 
-_F16 = np.dtype(np.float16)
 _F32 = np.dtype(np.float32)
 _F64 = np.dtype(np.float64)
 _I64 = np.dtype(np.int64)

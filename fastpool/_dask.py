@@ -9,7 +9,8 @@ indices) is checked here, when the graph is built; what needs the data (index bo
 lazy ``indices``) is checked when each chunk is computed.
 
 Imported only when a dask array reaches a public function: ``import fastpool`` does not import
-dask. Install the extra with ``pip install fastpool[dask]``.
+dask. Install dask and distributed (fastpool's ``dask`` extra: ``pip install '.[dask]'`` in its
+source tree).
 """
 
 from __future__ import annotations

@@ -776,7 +776,7 @@ def plot(doc: dict, path: str) -> None:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise SystemExit("--plot needs matplotlib: pip install 'fastpool[plot]'") from None
+        raise SystemExit("--plot needs matplotlib: pip install matplotlib") from None
     results, meta = doc["results"], doc["meta"]
     ops = list(dict.fromkeys(r["op"] for r in results))
     cases = list(dict.fromkeys(r["case"] for r in results))
