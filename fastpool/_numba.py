@@ -1807,40 +1807,78 @@ def _avg_bwd_small_part(t, nt, go, gi, gflat, Do, Ho, Wo, sc, cb):
             size = (de[od] - ds[od]) * (he[oh] - hs[oh])
             for ow in range(Wo):
                 weight[od, oh, ow] = 1.0 / (size * (we[ow] - ws[ow]))
+    wflat = weight.reshape(-1)
+    gb = np.empty(Do * Ho * Wo * (cb if sc != 1 else 0), go.dtype)  # a transposed block
     acc = np.empty((Wo, cb), gi.dtype)
     res = np.empty((D * H * W, cb), gi.dtype)
-    T = gi.dtype.type
-    g = np.empty(cb, go.dtype)
     blocks = (C + cb - 1) // cb
     first, last = _chunk(t, N * blocks, nt)
     for item in range(first, last):
         n, b = item // blocks, item % blocks
         c0 = b * cb
         m = min(cb, C - c0)
-        base = n * sn + c0 * sc
-        k = 0
-        for d in range(D):
-            for h in range(H):
-                for ow in range(Wo):
-                    a = acc[ow]
+        if sc == 1:  # channels-last gradients: the block's channels are contiguous already
+            _avg_bwd_small_block(go, n * sn + c0, C, acc, res, wflat, cds, cde, chs, che, cws,
+                                 cwe, Ho, Wo, D, H, W, m)
+        else:
+            _gather_block(gb.reshape(Do * Ho * Wo, cb), go, n * sn + c0 * sc, sc, sp, m)
+            _avg_bwd_small_block(gb, 0, cb, acc, res, wflat, cds, cde, chs, che, cws, cwe, Ho,
+                                 Wo, D, H, W, m)
+        _store_planes(res, gi, gflat, n, c0, m)
+
+
+@njit(error_model="numpy")
+def _avg_bwd_small_block(src, at, cs, acc, res, wflat, cds, cde, chs, che, cws, cwe, Ho, Wo, D,
+                         H, W, m):
+    """One block of :func:`_avg_bwd_small_part`: channel ``j`` of output cell ``k``'s
+    gradient at ``src[at + k * cs + j]``, the block's ``res`` computed for ``m`` channels.
+    One or two covering cells (of a row, then of an element) take one loop, with the
+    additions of the general case: ``(0 + t0) + t1``."""
+    T = res.dtype.type
+    zero = T(0)
+    k = 0
+    for d in range(D):
+        for h in range(H):
+            nd, nh = cde[d] - cds[d], che[h] - chs[h]
+            c1 = cds[d] * Ho + chs[h]  # the first covering (od, oh), as a row of cells
+            c2 = c1 + (Ho if nd == 2 else 1)  # the second, when there are two
+            for ow in range(Wo):
+                a = acc[ow]
+                i1 = c1 * Wo + ow
+                g1, w1 = src[at + i1 * cs : at + i1 * cs + m], wflat[i1]
+                if nd * nh == 1:
                     for j in range(m):
-                        a[j] = 0.0
+                        a[j] = zero + T(g1[j] * w1)
+                elif nd * nh == 2:
+                    i2 = c2 * Wo + ow
+                    g2, w2 = src[at + i2 * cs : at + i2 * cs + m], wflat[i2]
+                    for j in range(m):
+                        a[j] = (zero + T(g1[j] * w1)) + T(g2[j] * w2)
+                else:
+                    for j in range(m):
+                        a[j] = zero
                     for od in range(cds[d], cde[d]):
                         for oh in range(chs[h], che[h]):
-                            _load(g, go, base + ((od * Ho + oh) * Wo + ow) * sp, sc, m)
-                            wt = weight[od, oh, ow]
+                            cell = (od * Ho + oh) * Wo + ow
+                            g, wt = src[at + cell * cs : at + cell * cs + m], wflat[cell]
                             for j in range(m):
                                 a[j] += T(g[j] * wt)
-                for w in range(W):
-                    dst = res[k]
+            for w in range(W):
+                dst = res[k]
+                k += 1
+                o0 = cws[w]
+                if cwe[w] - o0 == 1:
                     for j in range(m):
-                        dst[j] = 0.0
-                    for ow in range(cws[w], cwe[w]):
-                        a = acc[ow]
+                        dst[j] = zero + acc[o0, j]
+                elif cwe[w] - o0 == 2:
+                    for j in range(m):
+                        dst[j] = (zero + acc[o0, j]) + acc[o0 + 1, j]
+                else:
+                    for j in range(m):
+                        dst[j] = zero
+                    for ow in range(o0, cwe[w]):
                         for j in range(m):
-                            dst[j] += a[j]
-                    k += 1
-        _store_planes(res, gi, gflat, n, c0, m)
+                            dst[j] += acc[ow, j]
 
 
 @_kernel("in", "in", "any", "out", "int", "int", "int", "int", "int")

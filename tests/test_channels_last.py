@@ -211,6 +211,37 @@ def test_upsampling_average_backward_same_bits_in_both_layouts(backend, rng, cha
 
 @pytest.mark.parametrize("dtype", (np.float32, np.float64))
 @pytest.mark.parametrize(
+    ("dims", "shape", "osize"),
+    [
+        (2, (2, 70, 5, 5), 7),
+        (2, (3, 40, 3, 3), 30),
+        (2, (2, 24, 9, 6), (4, 13)),
+        (1, (2, 150, 40), 100),
+        (3, (2, 20, 3, 5, 4), (7, 2, 9)),
+        (3, (1, 9, 4, 4, 4), 3),
+    ],
+)
+def test_average_backward_same_bits_from_either_gradient_layout(backend, rng, dims, shape, osize,
+                                                                 dtype):
+    """The average backward sums the same terms in the same order whatever the layouts of
+    grad_output and grad_input (small maps take a block-of-channels path from channels-first
+    and from channels-last gradients)."""
+    x = np.zeros(shape, dtype)
+    out_shape = forward("avg", dims, x, osize, backend="numpy")[0].shape
+    grad = rng.standard_normal(out_shape).astype(dtype)
+    grad_last = np.ascontiguousarray(to_last(grad, dims))
+    planar = backward("avg", dims, grad, None, shape, backend=backend)
+    from_last = backward("avg", dims, np.moveaxis(grad_last, -1, 1), None, shape, backend=backend)
+    both_last = backward(
+        "avg", dims, grad_last, None, to_last(x, dims).shape, backend=backend, **CL
+    )
+    assert_identical(from_last, planar)
+    assert_identical(both_last, to_last(planar, dims))
+    assert_close(planar, backward("avg", dims, grad, None, shape, backend="numpy"))
+
+
+@pytest.mark.parametrize("dtype", (np.float32, np.float64))
+@pytest.mark.parametrize(
     ("shape", "osize"),
     [
         ((3, 200, 5, 5), 7),
