@@ -316,9 +316,12 @@ def check_index_bounds(indices: np.ndarray, plane: int, name: str = "indices") -
     """Every index must address the input plane: ``0 <= index < plane``."""
     if indices.size == 0:
         return
-    if indices.dtype.kind == "i":
-        # One pass instead of min() and max(): as unsigned, a negative index is huge.
-        unsigned = indices.view(np.dtype(f"u{indices.dtype.itemsize}"))
+    dtype = indices.dtype
+    if dtype.kind == "i" and dtype.isnative and plane <= 2 ** (8 * dtype.itemsize - 1):
+        # One pass instead of min() and max(): as unsigned, a negative index is at least
+        # 2**(bits - 1), so at least the plane size (which is why the plane may be no
+        # larger; and the view keeps the bytes' order, so the order must be native).
+        unsigned = indices.view(np.dtype(f"u{dtype.itemsize}"))
         if int(unsigned.max()) < plane:
             return
     lo, hi = int(indices.min()), int(indices.max())

@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from oracles import BACKWARD, FORWARD, backward, forward
+from oracles import BACKWARD, FORWARD, assert_identical, backward, forward
 
 import fastpool
 
@@ -166,6 +166,31 @@ def test_max_backward_index_checks(backend, dims):
     ref = fn(values, indices, x.shape, backend=backend)
     as_int32 = fn(values, indices.astype(np.int32), x.shape, backend=backend)
     np.testing.assert_array_equal(as_int32, ref)
+
+
+@pytest.mark.parametrize(
+    ("dtype", "length", "bad_value"),
+    [
+        ("i1", 300, -1),  # as unsigned, -1 is 255: inside a plane of 300
+        ("i2", 70000, -3),
+        ("i4", 5, -1),
+        (">i8", 4, 2**56),  # the wrong byte order: as native, 2**56 reads 1
+        (">i4", 9, -1),
+        ("<i2", 300, 299),  # fine
+    ],
+)
+def test_max_backward_index_check_in_any_integer_dtype(backend, dtype, length, bad_value):
+    """Every integer dtype and byte order: a negative or too large index is a ValueError,
+    never a wrong gradient (a plane wider than the dtype's positive range included)."""
+    values = np.ones((1, 2, 2))
+    indices = np.array([[[0, 1], [bad_value, 0]]], dtype=dtype)
+    fn = BACKWARD["max", 1]
+    if 0 <= bad_value < length:
+        expected = fn(values, indices.astype(np.int64), (1, 2, length), backend="numpy")
+        assert_identical(fn(values, indices, (1, 2, length), backend=backend), expected)
+        return
+    with pytest.raises(ValueError, match=rf"indices must lie in \[0, {length}\)"):
+        fn(values, indices, (1, 2, length), backend=backend)
 
 
 @pytest.mark.parametrize("osize", [4, 1])
