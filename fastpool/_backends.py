@@ -103,16 +103,21 @@ def available_backends() -> tuple[str, ...]:
     return tuple(name for name in LISTING_ORDER if _load(name) is not None)
 
 
+def check_known(name) -> None:
+    """:class:`BackendError` unless ``name`` is one of fastpool's backends (loads none)."""
+    if not isinstance(name, str) or name not in BACKEND_MODULES:
+        raise BackendError(f"unknown backend {name!r}; fastpool has {', '.join(BACKEND_MODULES)}")
+
+
 def get(name: str):
     """The backend object for ``name``; :class:`BackendError` if unknown or unusable."""
     backend = _loaded.get(name) if type(name) is str else None
     if backend is not None:  # (every call asks: the quick answer first)
         return backend
-    if not isinstance(name, str) or name not in BACKEND_MODULES:
-        raise BackendError(
-            f"unknown backend {name!r}; fastpool has {', '.join(BACKEND_MODULES)} "
-            f"(usable here: {', '.join(available_backends())})"
-        )
+    try:
+        check_known(name)
+    except BackendError as err:
+        raise BackendError(f"{err} (usable here: {', '.join(available_backends())})") from None
     backend = _load(name)
     if backend is None:
         raise BackendError(

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import _api
+from . import _api, _backends
 from . import _validate as v
 
 __all__ = [
@@ -38,11 +38,15 @@ class _AdaptivePool:
     def __init__(
         self, output_size, *, backend: str | None = None, data_format: str = "channels_first"
     ) -> None:
-        # Reject a malformed output_size or data_format now rather than at the first call.
+        # Reject a malformed output_size, data_format or backend name now rather than at the
+        # first call (whether a named backend is usable is the first call's question: that
+        # loads it).
         v.normalize_output_size(output_size, self._dims, (1,) * self._dims)
         v.check_data_format(data_format)
         if backend is not None and not isinstance(backend, str):
             raise TypeError(f"backend must be a backend name or None; got {backend!r}")
+        if backend is not None:
+            _backends.check_known(backend)
         self.output_size = output_size
         self.backend = backend
         self.data_format = data_format

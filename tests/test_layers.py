@@ -152,9 +152,19 @@ def test_constructor_rejects_bad_arguments(args, kwargs, error):
         fastpool.AdaptiveMaxPool2d(*args, **kwargs)
 
 
-def test_unknown_backend_is_reported_at_the_call():
-    layer = fastpool.AdaptiveAvgPool1d(2, backend="nope")
-    with pytest.raises(fastpool.BackendError, match="unknown backend"):
+def test_unknown_backend_is_reported_at_construction():
+    for layer in (fastpool.AdaptiveAvgPool1d, fastpool.AdaptiveMaxPool3d):
+        with pytest.raises(fastpool.BackendError, match="unknown backend 'nope'"):
+            layer(2, backend="nope")
+
+
+def test_unusable_backend_is_reported_at_the_call(monkeypatch):
+    """Whether a known backend is usable is asked when it runs (that loads it)."""
+    monkeypatch.setattr(fastpool._backends, "_loaded", dict(fastpool._backends._loaded))
+    monkeypatch.setitem(fastpool._backends.BACKEND_MODULES, "numpy", "fastpool._no_such_module")
+    monkeypatch.delitem(fastpool._backends._loaded, "numpy", raising=False)
+    layer = fastpool.AdaptiveAvgPool1d(2, backend="numpy")
+    with pytest.raises(fastpool.BackendError):
         layer(np.ones((1, 4)))
 
 
