@@ -241,16 +241,29 @@ def _bounds(size_in, size_out):
 @njit
 def _runs(size_in, size_out):
     """Input positions of one axis grouped into runs covered by the same output cells:
-    ``(run starts + [size_in], first covering cell, end of covering cells)`` per run."""
-    cs, ce = _bounds(size_out, size_in)
-    starts = np.empty(size_in + 1, np.int64)
-    first = np.empty(size_in, np.int64)
-    end = np.empty(size_in, np.int64)
-    r = 0
-    for x in range(size_in):
-        if x == 0 or cs[x] != cs[x - 1] or ce[x] != ce[x - 1]:
-            starts[r], first[r], end[r] = x, cs[x], ce[x]
-            r += 1
+    ``(run starts + [size_in], first covering cell, end of covering cells)`` per run.
+
+    The covering cells change where a window starts (one more cell) or ends (one fewer),
+    so the runs start at 0 and at the distinct window starts and ends inside the axis:
+    tables of at most 2 * size_out + 2 entries, however long the axis (a 2**28-long input
+    would otherwise cost gigabytes of them)."""
+    ws, we = _bounds(size_in, size_out)
+    most = min(size_in, 2 * size_out + 1)
+    starts = np.empty(most + 1, np.int64)
+    first = np.empty(most, np.int64)
+    end = np.empty(most, np.int64)
+    r, i, j, x = 0, 0, 0, 0
+    while x < size_in:
+        starts[r] = x
+        first[r] = _start(x, size_out, size_in)
+        end[r] = _end(x, size_out, size_in)
+        r += 1
+        # the next window start or end after x (both lists are nondecreasing)
+        while i < size_out and ws[i] <= x:
+            i += 1
+        while j < size_out and we[j] <= x:
+            j += 1
+        x = min(ws[i] if i < size_out else size_in, we[j] if j < size_out else size_in)
     starts[r] = size_in
     return starts[: r + 1], first[:r], end[:r]
 
@@ -1399,7 +1412,6 @@ def _max_bwd_cl_part(t, nt, go, indices, gi, N, Do, Ho, Wo, D, H, W):
     gof, ixf, gif = go.reshape(go.size), indices.reshape(indices.size), gi.reshape(gi.size)
     cds, cde = _bounds(Do, D)
     chs, che = _bounds(Ho, H)
-    cws, cwe = _bounds(Wo, W)
     col = np.empty(C, gi.dtype)
     zero = gi.dtype.type(0)
     found = 0
@@ -1409,10 +1421,12 @@ def _max_bwd_cl_part(t, nt, go, indices, gi, N, Do, Ho, Wo, D, H, W):
         base = ((n * D + d) * H + h) * W
         for w in range(W):
             flat = (d * H + h) * W + w
-            nw = cwe[w] - cws[w]
+            # the covering cells along W, computed (a table would be as long as the axis)
+            cw0 = _start(w, Wo, W)
+            nw = _end(w, Wo, W) - cw0
             rows = (cde[d] - cds[d]) * (che[h] - chs[h])
             at = (base + w) * C
-            q = (((n * Do + cds[d]) * Ho + chs[h]) * Wo + cws[w]) * C  # first covering cell
+            q = (((n * Do + cds[d]) * Ho + chs[h]) * Wo + cw0) * C  # first covering cell
             if rows == 1 and nw <= 3:
                 if nw == 1:
                     k = 0  # this loop's hits
@@ -1483,7 +1497,7 @@ def _max_bwd_cl_part(t, nt, go, indices, gi, N, Do, Ho, Wo, D, H, W):
                     found += k
             else:
                 found += _max_bwd_cl_cells(gof, ixf, gif, col, at, n, cds[d], cde[d], chs[h],
-                                           che[h], cws[w], nw, flat, Do, Ho, Wo, C)
+                                           che[h], cw0, nw, flat, Do, Ho, Wo, C)
         _, n, d, h = _next(0, n, d, h, N, D, H)
     return found
 

@@ -4,7 +4,7 @@ import math
 from fractions import Fraction
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fastpool._windows import cover_arrays, window_arrays
@@ -39,3 +39,18 @@ def test_huge_sizes_do_not_overflow(size_in, size_out):
     first, last = cover_arrays(size_out, size_in)
     assert first.tolist() == [(x * size_in) // size_out for x in range(size_out)]
     assert last[-1] == size_in
+
+
+@settings(deadline=None)  # the first example loads numba
+@given(st.integers(1, 400), st.integers(1, 400))
+def test_numba_runs_of_equal_covering_cells(size_in, size_out):
+    """The numba backend's runs along an axis (built from the windows' ends, not from a
+    table as long as the axis): consecutive positions with the same covering cells."""
+    _numba = pytest.importorskip("fastpool._numba")
+    starts, first, end = _numba._runs(size_in, size_out)
+    cover_first, cover_last = cover_arrays(size_in, size_out)
+    expected = [x for x in range(size_in) if x == 0
+                or (cover_first[x], cover_last[x]) != (cover_first[x - 1], cover_last[x - 1])]
+    assert list(starts) == expected + [size_in]
+    assert list(first) == [cover_first[x] for x in expected]
+    assert list(end) == [cover_last[x] for x in expected]
