@@ -2176,8 +2176,8 @@ def _backward(kind, inputs, grad_input, fresh=False):
     # A max gradient between planar arrays stays with the planar kernel, whose slab is the
     # whole plane there.
     planar_max = kind == "max" and not cl_in
-    small = _small_planes(inputs[0], grad_input, backward=True)
-    if not planar_max and not (channels_last and cl_in) and small:
+    if (not planar_max and not (channels_last and cl_in)
+            and _small_planes(inputs[0], grad_input, backward=True)):
         flats = [_small_input(a) for a in inputs]
         sc = flats[0][1]
         gi_planar = None if channels_last else _planar(grad_input)
