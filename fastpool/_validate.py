@@ -217,6 +217,19 @@ def _plain_ints(t) -> bool:
 _INT_TYPE = {int}
 
 
+def _check_size(shape, dtype, name: str, given) -> None:
+    """A result of ``shape`` must be one an array can hold (NumPy's own error would not say
+    which argument asked for it); whether memory allows it is the allocation's question."""
+    elements = 1
+    for e in shape:
+        elements *= e
+    if elements * max(dtype.itemsize, 8) > np.iinfo(np.intp).max:  # (max indices: int64)
+        raise ValueError(
+            f"{name} {given!r} asks for a result of {elements} elements, more than an array "
+            "can hold"
+        )
+
+
 def forward_plan(x_shape, x_dtype, output_size, dims: int, channels_last: bool) -> Plan:
     """Validate a forward call's input and output size; return its plan.
 
@@ -232,6 +245,7 @@ def _forward_plan(x_shape, x_dtype, output_size, dims: int, channels_last: bool)
     batched, n, c, spatial = _split_shape(tuple(x_shape), dims, channels_last, "x")
     _check_nonempty(tuple(x_shape), c, spatial, "x", dims, batched, channels_last)
     osize = normalize_output_size(output_size, dims, spatial)
+    _check_size((n, c) + osize, dtype, "output_size", output_size)
     return Plan(
         dims=dims,
         batched=batched,
@@ -278,6 +292,7 @@ def _backward_plan(grad_shape, grad_dtype, input_shape, dims: int, channels_last
     grad_shape = tuple(grad_shape)
     batched, n, c, spatial = _split_shape(input_shape, dims, channels_last, "input_shape")
     _check_nonempty(input_shape, c, spatial, "input_shape", dims, batched, channels_last)
+    _check_size(input_shape, dtype, "input_shape", input_shape)
     if len(grad_shape) != len(input_shape):
         raise ValueError(
             f"grad_output must have as many axes as input_shape {input_shape} "

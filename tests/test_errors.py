@@ -266,3 +266,13 @@ def test_bad_index_leaves_out_untouched_on_many_threads(
         values, indices, x.shape, backend=backend, data_format=data_format, out=out
     )
     assert good is out
+
+
+def test_result_too_large_for_an_array_names_the_argument():
+    """NumPy's own "array is too big" would not say which argument asked for it."""
+    with pytest.raises(ValueError, match="output_size 4611686018427387904 asks for a result"):
+        fastpool.adaptive_avg_pool1d(np.ones((1, 1, 3)), 2**62)
+    with pytest.raises(ValueError, match=r"output_size \(2147483648, 2147483648\) asks"):
+        fastpool.adaptive_max_pool2d(np.ones((2, 1, 3, 3)), (2**31, 2**31), True)
+    with pytest.raises(ValueError, match=r"input_shape \(1, 1, 4611686018427387904\) asks"):
+        fastpool.adaptive_avg_pool1d_backward(np.ones((1, 1, 3)), (1, 1, 2**62))
