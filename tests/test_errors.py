@@ -122,6 +122,20 @@ def test_out_may_not_alias_input(backend):
         fastpool.adaptive_avg_pool1d_backward(g, (2, 3, 4), backend=backend, out=g)
 
 
+def test_out_interleaved_with_input_is_fine(backend):
+    """Views that interleave (``buf[..., ::2]``, ``buf[..., 1::2]``) share a buffer, not an
+    element: allowed. One that does share an element is still rejected."""
+    buf = np.random.default_rng(3).standard_normal((2, 3, 16))
+    x, out = buf[..., ::2], buf[..., 1::2]
+    expected = fastpool.adaptive_avg_pool1d(x.copy(), 8, backend="numpy")
+    before = x.copy()
+    assert fastpool.adaptive_avg_pool1d(x, 8, backend=backend, out=out) is out
+    assert_identical(x, before)
+    np.testing.assert_allclose(out, expected, rtol=1e-12, atol=0)
+    with pytest.raises(ValueError, match="share memory"):
+        fastpool.adaptive_avg_pool1d(buf[..., 1:9], 8, backend=backend, out=buf[..., 8:])
+
+
 @pytest.mark.parametrize("kind", ("avg", "max"))
 @pytest.mark.parametrize("dims", DIMS)
 def test_backward_shape_checks(backend, kind, dims):
