@@ -19,6 +19,8 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("bench", help="time the backends against PyTorch (bench -h)", add_help=False)
     args, rest = parser.parse_known_args(argv)
     if args.command == "info":
+        if rest:
+            parser.error(f"info takes no arguments; got {' '.join(rest)}")
         from ._info import info_text
 
         print(info_text())

@@ -874,6 +874,30 @@ def default_backends() -> list[str]:
     return [b for b in fastpool.available_backends() if b in CPU_BACKENDS]
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive int; got {text!r}")
+    return value
+
+
+def _regex(text: str) -> str:
+    try:
+        re.compile(text)
+    except re.error as exc:
+        raise argparse.ArgumentTypeError(f"not a regular expression ({exc}): {text!r}") from None
+    return text
+
+
+def _dims(text: str) -> str:
+    if not all(d.strip() in ("1", "2", "3") for d in text.split(",")):
+        raise argparse.ArgumentTypeError(f"expected 1, 2 and/or 3; got {text!r}")
+    return text
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m fastpool bench",
@@ -893,15 +917,17 @@ def _parser() -> argparse.ArgumentParser:
         metavar="OP[,OP]",
         help=f"operations, default all: {', '.join(OPS)}",
     )
-    p.add_argument("--dims", action="append", metavar="D[,D]", help="1, 2 and/or 3")
+    p.add_argument("--dims", action="append", type=_dims, metavar="D[,D]", help="1, 2 and/or 3")
     p.add_argument("--dtype", default="float32", choices=("float16", "float32", "float64"))
     p.add_argument(
         "--threads",
-        type=int,
+        type=_positive_int,
         help="threads for PyTorch and every threaded "
         "backend (default: the CPUs this process may use)",
     )
-    p.add_argument("--cases", metavar="REGEX", help="only cases whose name matches, e.g. NHWC")
+    p.add_argument(
+        "--cases", type=_regex, metavar="REGEX", help="only cases whose name matches, e.g. NHWC"
+    )
     p.add_argument("--layout", choices=("first", "last"), help="only channels-first/-last cases")
     p.add_argument("--quick", action="store_true", help="a subset of cases, fewer repeats")
     p.add_argument("--no-torch", action="store_true", help="do not time PyTorch")
@@ -915,14 +941,18 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
     if args.list:
         for c in CASES:
             print(f"{c.name:<28} {'quick' if c.quick else ''}")
         return 0
     if args.load:
-        with open(args.load) as f:
-            doc = json.load(f)
+        try:
+            with open(args.load) as f:
+                doc = json.load(f)
+        except (OSError, ValueError) as exc:
+            parser.error(f"--load {args.load}: {exc}")
     else:
         doc = _run_from_args(args)
         if doc is None:

@@ -91,6 +91,30 @@ def test_cli_list_and_bad_arguments(capsys):
     assert "unknown backend 'tpu'" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--cases", "["], "not a regular expression"),
+        (["--threads", "0"], "expected a positive int"),
+        (["--dims", "2,4"], "expected 1, 2 and/or 3"),
+        (["--load", "/nonexistent/bench.json"], "No such file"),
+    ],
+)
+def test_cli_rejects_malformed_options_with_a_message(capsys, argv, message):
+    with pytest.raises(SystemExit) as exc:
+        bench.main(argv)
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_info_takes_no_arguments(capsys):
+    from fastpool.__main__ import main
+
+    with pytest.raises(SystemExit):
+        main(["info", "--bogus"])
+    assert "info takes no arguments" in capsys.readouterr().err
+
+
 def test_cli_json_roundtrip(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(bench, "QUICK", TINY)
     out = tmp_path / "bench.json"
