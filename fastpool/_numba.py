@@ -1707,9 +1707,7 @@ def _gather_block(xb, x, base, sc, sp, m):
     P = xb.shape[0]
     if sc == 1:
         for p in range(P):
-            s = x[base + p * sp : base + p * sp + m]
-            for j in range(m):
-                xb[p, j] = s[j]
+            _load(xb[p], x, base + p * sp, 1, m)
     else:
         for j in range(m):
             s = x[base + j * sc : base + j * sc + P]
@@ -1815,13 +1813,14 @@ def _avg_bwd_small_part(t, nt, go, gi, gflat, Do, Ho, Wo, sc, cb):
     cds, cde = _bounds(Do, D)
     chs, che = _bounds(Ho, H)
     cws, cwe = _bounds(Wo, W)
-    weight = np.empty((Do, Ho, Wo), np.float64)
+    wflat = np.empty(Do * Ho * Wo, np.float64)  # 1 / window size, per output cell
+    k = 0
     for od in range(Do):
         for oh in range(Ho):
             size = (de[od] - ds[od]) * (he[oh] - hs[oh])
             for ow in range(Wo):
-                weight[od, oh, ow] = 1.0 / (size * (we[ow] - ws[ow]))
-    wflat = weight.reshape(-1)
+                wflat[k] = 1.0 / (size * (we[ow] - ws[ow]))
+                k += 1
     gb = np.empty(Do * Ho * Wo * (cb if sc != 1 else 0), go.dtype)  # a transposed block
     acc = np.empty((Wo, cb), gi.dtype)
     res = np.empty((D * H * W, cb), gi.dtype)

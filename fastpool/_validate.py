@@ -8,6 +8,7 @@ Public functions call :func:`forward_plan` / :func:`backward_plan` before any ke
 from __future__ import annotations
 
 import functools
+import math
 import operator
 from dataclasses import dataclass
 
@@ -220,9 +221,7 @@ _INT_TYPE = {int}
 def _check_size(shape, dtype, name: str, given) -> None:
     """A result of ``shape`` must be one an array can hold (NumPy's own error would not say
     which argument asked for it); whether memory allows it is the allocation's question."""
-    elements = 1
-    for e in shape:
-        elements *= e
+    elements = math.prod(shape)
     if elements * max(dtype.itemsize, 8) > np.iinfo(np.intp).max:  # (max indices: int64)
         raise ValueError(
             f"{name} {given!r} asks for a result of {elements} elements, more than an array "
