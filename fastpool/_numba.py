@@ -143,6 +143,7 @@ _ARG_TYPES = {
     "in": lambda a: types.Array(numba.from_dtype(a.dtype), a.ndim, "C", readonly=True),
     "out": lambda a: types.Array(numba.from_dtype(a.dtype), a.ndim, "C"),
     "any": lambda a: types.Array(numba.from_dtype(a.dtype), a.ndim, "A"),
+    "in_any": lambda a: types.Array(numba.from_dtype(a.dtype), a.ndim, "A", readonly=True),
     "int": lambda a: types.int64,
 }
 _compile_lock = threading.Lock()
@@ -1928,6 +1929,169 @@ def _max_bwd_small_part(t, nt, go, indices, gi, gflat, Do, Ho, Wo, sc, cb):
         _store_planes(res, gi, gflat, n, c0, m)
 
 
+# ---------------------------------------------------------------- long axes, any layout
+# The kernels above keep, per thread, tables of window bounds as long as the axes and
+# buffers as long as a row: small beside the result, unless an axis is very long (a 1-d
+# signal of millions of samples pooled to or from a few planes, where they outgrow it).
+# Calls with such an axis (:func:`_long_forward`, :func:`_long_backward`) run these
+# instead: each window is computed from the formula where it is used, nothing is
+# allocated, and any strides are read in place. One work item per result element, split
+# evenly among threads.
+
+
+@njit(inline="always")
+def _advance(lo, rem, q, r, size_out):
+    """``(start(i + 1), (i + 1) * size_in % size_out)`` from the same pair for cell ``i``,
+    with ``q, r = divmod(size_in, size_out)``: the next window without a division (its
+    end is ``start(i + 1)``, plus one when that remainder is not 0)."""
+    lo, rem = lo + q, rem + r
+    if rem >= size_out:
+        lo, rem = lo + 1, rem - size_out
+    return lo, rem
+
+
+@njit(inline="always")
+def _long_row(k, last, C, A, B, E):
+    """The row of flat element ``k`` of an (N, C, A, B, E) array, for a thread's share
+    ending at ``last``: ``(n, c, a, b, e0, e1)``, its elements ``e0:e1`` in that share."""
+    row, e0 = k // E, k % E
+    p = row // (A * B)
+    return p // C, p % C, row // B % A, row % B, e0, min(E, e0 + last - k)
+
+
+#: Windows longer than this are summed by :func:`_sum_in`, shorter ones in a plain loop.
+_LONG_SPAN_SUM = 16
+
+
+def _fwd_long(nt, x, out, indices, is_max):
+    for t in prange(nt):
+        _fwd_long_part(np.int64(t), nt, x, out, indices, is_max)
+
+
+# compiled for C-contiguous inputs (whose rows LLVM vectorises) and for any strides
+_fwd_long_c = _Kernel(_fwd_long, ("in", "any", "any", "int"))
+_fwd_long = _Kernel(_fwd_long, ("in_any", "any", "any", "int"))
+_NO_INDICES = np.empty((0,) * 5, np.int64)  # the average's ``indices``
+
+
+@njit(error_model="numpy")
+def _fwd_long_part(t, nt, x, out, indices, is_max):
+    """Each cell: the SPEC's scan of its window in row-major order, or its rows summed in
+    float64 (long ones as :func:`_sum_in` does)."""
+    _, C, D, H, W = x.shape
+    _, _, Do, Ho, Wo = out.shape
+    q, r = W // Wo, W % Wo
+    first, last = _chunk(t, out.size, nt)
+    k = first
+    while k < last:
+        n, c, od, oh, ow0, ow1 = _long_row(k, last, C, Do, Ho, Wo)
+        k += ow1 - ow0
+        d0, d1 = _start(od, D, Do), _end(od, D, Do)
+        h0, h1 = _start(oh, H, Ho), _end(oh, H, Ho)
+        lo, rem = _start(ow0, W, Wo), ow0 * W % Wo
+        for ow in range(ow0, ow1):
+            nlo, nrem = _advance(lo, rem, q, r, Wo)
+            hi = nlo + (nrem != 0)
+            if is_max:
+                bv, bi = x[n, c, d0, h0, lo], (d0 * H + h0) * W + lo
+                for d in range(d0, d1):
+                    for h in range(h0, h1):
+                        bv, bi = _row_max(x[n, c, d, h], lo, hi, (d * H + h) * W, bv, bi)
+                out[n, c, od, oh, ow], indices[n, c, od, oh, ow] = bv, bi
+            else:
+                s = 0.0
+                for d in range(d0, d1):
+                    for h in range(h0, h1):
+                        row = x[n, c, d, h]
+                        if hi - lo > _LONG_SPAN_SUM:
+                            s += _sum_in(row[lo:hi])
+                        else:
+                            for w in range(lo, hi):
+                                s += row[w]
+                out[n, c, od, oh, ow] = s / ((d1 - d0) * (h1 - h0) * (hi - lo))
+            lo, rem = nlo, nrem
+
+
+def _row_max(row, lo, hi, at, bv, bi):
+    """The best of ``(bv, bi)`` and ``row[lo:hi]`` (at positions ``at + w``), by the SPEC's
+    scan, the row scanned after ``bv``."""
+    raise NotImplementedError("compiled only")  # pragma: no cover
+
+
+@njit(inline="always")
+def _scan_row(row, lo, hi, at, bv, bi):
+    for w in range(lo, hi):
+        v = row[w]
+        if v > bv or v != v:
+            bv, bi = v, at + w
+    return bv, bi
+
+
+@overload(_row_max)
+def _row_max_impl(row, lo, hi, at, bv, bi):
+    if row.layout != "C":
+        return lambda row, lo, hi, at, bv, bi: _scan_row(row, lo, hi, at, bv, bi)
+
+    def contiguous(row, lo, hi, at, bv, bi):  # long spans: :func:`_max_span`'s vector scan
+        if hi - lo <= _LONG_SPAN_SUM:
+            return _scan_row(row, lo, hi, at, bv, bi)
+        v, i = _max_span(row[lo:hi])
+        if v > bv or v != v:
+            return v, at + lo + i
+        return bv, bi
+
+    return contiguous
+
+
+@_kernel("in_any", "any")
+def _avg_bwd_long(nt, go, gi):
+    for t in prange(nt):
+        _avg_bwd_long_part(np.int64(t), nt, go, gi)
+
+
+@njit(error_model="numpy")
+def _avg_bwd_long_part(t, nt, go, gi):
+    """Each input element: the terms of its covering cells, added as :func:`_avg_bwd_planar`
+    adds them (per output column over the cells' rows, then across the columns), so the
+    same bits."""
+    T = gi.dtype.type
+    _, C, D, H, W = gi.shape
+    _, _, Do, Ho, Wo = go.shape
+    q, r = W // Wo, W % Wo  # windows of output cells along W
+    qc, rc = Wo // W, Wo % W  # output cells covering input positions along W
+    first, last = _chunk(t, gi.size, nt)
+    k = first
+    while k < last:
+        n, c, d, h, w0, w1 = _long_row(k, last, C, D, H, W)
+        k += w1 - w0
+        od0, od1 = _start(d, Do, D), _end(d, Do, D)
+        oh0, oh1 = _start(h, Ho, H), _end(h, Ho, H)
+        # one covering cell in D and H (pooling, not upsampling there): its size, once
+        one = od1 - od0 == 1 and oh1 - oh0 == 1
+        rows = (_end(od0, D, Do) - _start(od0, D, Do)) * (_end(oh0, H, Ho) - _start(oh0, H, Ho))
+        f, frem = _start(w0, Wo, W), w0 * Wo % W
+        for w in range(w0, w1):
+            nf, nfrem = _advance(f, frem, qc, rc, W)
+            lo, rem = _start(f, W, Wo), f * W % Wo
+            v = T(0)
+            for ow in range(f, nf + (nfrem != 0)):
+                nlo, nrem = _advance(lo, rem, q, r, Wo)
+                width = nlo + (nrem != 0) - lo
+                a = T(0)
+                if one:
+                    a += T(go[n, c, od0, oh0, ow] * (1.0 / (rows * width)))
+                else:
+                    for od in range(od0, od1):
+                        depth = _end(od, D, Do) - _start(od, D, Do)
+                        for oh in range(oh0, oh1):
+                            size = depth * (_end(oh, H, Ho) - _start(oh, H, Ho))
+                            a += T(go[n, c, od, oh, ow] * (1.0 / (size * width)))
+                v += a
+                lo, rem = nlo, nrem
+            gi[n, c, d, h, w] = v
+            f, frem = nf, nfrem
+
+
 # ------------------------------------------------------------------------------ layouts
 
 
@@ -2105,9 +2269,48 @@ def _block(a, elems=0):
     return min(c, cb)
 
 
+#: Entries (of 8 bytes) past which a table or row buffer of the kernels above would be a
+#: temporary larger than 1 MiB: calls that need one run the long-axis kernels instead.
+_LONG_AXIS = 1 << 17
+
+
+def _long_forward(x, out):
+    """Whether a forward runs the long-axis kernels: tables as long as the result's axes,
+    rows of the input when windows span several of them. By the spatial shapes alone: a
+    chunk of an array (dask) takes the same path as the whole."""
+    _, _, d, h, w = x.shape
+    _, _, do, ho, wo = out.shape
+    return max(do, ho, wo, w if d * h > 1 else 0) > _LONG_AXIS
+
+
+def _long_backward(kind, go, gi, channels_last):
+    """Whether a backward runs the long-axis kernels: when the tables (of the input's D and
+    H axes; for the average also of the output's axes, runs along W, and a row of output
+    cells, by the channels in channels-last memory) outgrow both 1 MiB and the result. The
+    kernels give the same bits either way."""
+    _, c, d, h, w = gi.shape
+    _, _, do, ho, wo = go.shape
+    longest = max(d, h)
+    if kind == "avg":
+        longest = max(longest, do, ho, wo, min(w, 2 * wo + 1), wo * c if channels_last else 0)
+    return longest > max(gi.size * gi.itemsize // 8, _LONG_AXIS)
+
+
+def _aligned(a):
+    """``a``, or an aligned copy of it (numba reads aligned arrays only)."""
+    return a if a.flags.aligned else np.array(a)
+
+
 def avg_forward(x, out):
     """``out[n, c, od, oh, ow]`` = mean of the window of ``x`` (float64 sums, of input
     values or of float sums of at most 1024 of them)."""
+    if _long_forward(x, out):
+        target = _writable(out)
+        kernel = _fwd_long_c if x.flags.c_contiguous else _fwd_long
+        kernel(x.size + out.size, _aligned(x), target, _NO_INDICES, 0)
+        if target is not out:
+            out[...] = target
+        return
     if not _is_channels_last(x) and _small_planes(x, out):
         flat, sc = _small_input(x)
         planes = x.shape[0] * x.shape[1]
@@ -2134,6 +2337,15 @@ def avg_forward(x, out):
 
 def max_forward(x, out, indices):
     """Window maximum (SPEC rules for ties, NaN, -inf) and its flat position in the plane."""
+    if _long_forward(x, out):
+        target, itarget = _writable(out), _writable(indices)
+        kernel = _fwd_long_c if x.flags.c_contiguous else _fwd_long
+        kernel(x.size + 2 * out.size, _aligned(x), target, itarget, 1)
+        if target is not out:
+            out[...] = target
+        if itarget is not indices:
+            indices[...] = itarget
+        return
     if not _is_channels_last(x) and _small_planes(x, out) and indices.flags.aligned:
         work = x.size + 2 * out.size
         flat, sc = _small_input(x)
@@ -2174,6 +2386,8 @@ def _backward(kind, inputs, grad_input, fresh=False):
     channels_last, cl_in = _is_channels_last(grad_input), _is_channels_last(inputs[0])
     # A max gradient between planar arrays stays with the planar kernel, whose slab is the
     # whole plane there.
+    if _long_backward(kind, inputs[0], grad_input, channels_last):
+        return _backward_long(kind, inputs, grad_input, work)
     planar_max = kind == "max" and not cl_in
     if (not planar_max and not (channels_last and cl_in)
             and _small_planes(inputs[0], grad_input, backward=True)):
@@ -2233,6 +2447,31 @@ def _backward(kind, inputs, grad_input, fresh=False):
             grad_input[...] = target.reshape(n, d, h, w, c).transpose(0, 4, 1, 2, 3)
         else:
             grad_input[...] = target.reshape(n, c, d, h, w)
+    return True
+
+
+def _backward_long(kind, inputs, grad_input, work):
+    """:func:`_backward` for long axes: the average's gather kernel, or the SPEC's scatter
+    through the small-plane kernel (a plane per block of channels: its buffer is at most
+    the result) for the maximum, whose indices are checked first."""
+    target = _writable(grad_input)
+    if kind == "avg":
+        _avg_bwd_long(work, _aligned(inputs[0]), target)
+    else:
+        n, c, d, h, w = grad_input.shape
+        _, _, do, ho, wo = inputs[0].shape
+        flats = [_small_input(a) for a in inputs]
+        if flats[0][1] != flats[1][1]:  # one of each layout: both planar
+            sc = do * ho * wo if c > 1 else 1
+            flats = [(_as_layout(a, False).reshape(-1), sc) for a in inputs]
+        (go, sc), (ix, _) = flats
+        if not _positions_ok(ix, d * h * w):
+            return False
+        threads = _num_threads or numba.config.NUMBA_NUM_THREADS
+        cb = max(1, min(c, _SMALL_BLOCK, n * c // (2 * threads)))
+        _max_bwd_small(work, go, ix, target, _flat(target), do, ho, wo, sc, cb)
+    if target is not grad_input:
+        grad_input[...] = target
     return True
 
 
