@@ -7,7 +7,8 @@ strides and the dtypes it handles natively::
     avg_backward(grad_output, grad_input)  max_backward(grad_output, indices, grad_input[, fresh])
 
 Kernels write every element of their outputs and never see empty arrays. Everything else
-(validation, allocation, ``out=``, float16 through float32) happens here, before they run.
+(validation, allocation, ``out=``, float16 through float32 a few planes at a time) happens
+here, before they run.
 One exception: a module with ``CHECKS_INDICES = True`` checks the max-backward indices
 itself, in the same call and in parallel; its ``max_backward`` returns False when one lies
 outside the plane, and the ValueError is raised here. It writes nothing then, unless told
@@ -58,10 +59,11 @@ class HostBackend:
         kernel = getattr(self.module, _FORWARD[kind])
         if plan.dtype in self.native_dtypes:
             kernel(x5, v5, *args)
-        else:  # float16: exact upcast, float32 accumulation, one rounding at the end
-            tmp = np.empty(plan.out5, dtype=_F32)
-            kernel(x5.astype(_F32), tmp, *args)
-            v5[...] = tmp
+            return values, indices
+        for part in _float16_parts(plan.in5, plan.out5):
+            tmp = np.empty(v5[part].shape, dtype=_F32)
+            kernel(x5[part].astype(_F32), tmp, *(a[part] for a in args))
+            v5[part] = tmp
         return values, indices
 
     def backward(self, kind: str, grad_output, indices, plan: v.Plan, out=None):
@@ -90,19 +92,46 @@ class HostBackend:
         g5, gi5 = plan.view5(grad_output), plan.view5(grad_input)
         args = (plan.view5(indices),) if kind == "max" else ()
         kernel = getattr(self.module, _BACKWARD[kind])
-        native = plan.dtype in self.native_dtypes
-        # float16: exact upcast, float32 sums into a buffer, one rounding at the end
-        src, dst = (g5, gi5) if native else (g5.astype(_F32), np.empty(plan.in5, dtype=_F32))
+        if plan.dtype not in self.native_dtypes:
+            if kind == "max" and self.checks_indices:
+                v.check_index_bounds(given, plan.plane)  # before the first part is written
+            for part in _float16_parts(plan.in5, plan.out5):
+                dst = np.empty(gi5[part].shape, dtype=_F32)
+                part_args = [a[part] for a in args]
+                if kind == "max" and self.checks_indices:
+                    ok = kernel(g5[part].astype(_F32), *part_args, dst, fresh=True)
+                else:
+                    ok = kernel(g5[part].astype(_F32), *part_args, dst)
+                if ok is False:
+                    raise AssertionError("the kernel reported an index the check does not find")
+                gi5[part] = dst
+            return grad_input
         if kind == "max" and self.checks_indices:  # fresh: grad_input is ours, dropped on error
-            ok = kernel(src, *args, dst, fresh=out is None or not native)
+            ok = kernel(g5, *args, gi5, fresh=out is None)
         else:
-            ok = kernel(src, *args, dst)
-        if not native and ok is not False:
-            gi5[...] = dst
+            ok = kernel(g5, *args, gi5)
         if ok is False:  # an index outside the plane (out= untouched)
             v.check_index_bounds(given, plan.plane)  # raises, naming the index
             raise AssertionError("the kernel reported an index the check does not find")
         return grad_input
+
+
+#: float16 runs through float32 copies of parts of the arrays of at most this many bytes
+#: (input and result together, a plane of each at least): exact upcasts, float32 sums, one
+#: rounding at the end, without temporaries twice the size of the arrays.
+_FLOAT16_PART = 16 << 20
+
+
+def _float16_parts(in5, out5):
+    """Index tuples over the (N, C) axes of the 5-D arrays, each part's planes within
+    ``_FLOAT16_PART`` bytes as float32. Parts of a batch pool as the whole does."""
+    n, c = in5[:2]
+    plane = 4 * (in5[2] * in5[3] * in5[4] + out5[2] * out5[3] * out5[4])
+    planes = max(1, _FLOAT16_PART // plane)
+    if planes >= c:
+        step = planes // c
+        return [(slice(i, i + step),) for i in range(0, n, step)]
+    return [(slice(i, i + 1), slice(j, j + planes)) for i in range(n) for j in range(0, c, planes)]
 
 
 def _output(out, shape, dtype, name):

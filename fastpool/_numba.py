@@ -2290,10 +2290,11 @@ def _long_backward(kind, go, gi, channels_last):
     kernels give the same bits either way."""
     _, c, d, h, w = gi.shape
     _, _, do, ho, wo = go.shape
-    longest = max(d, h)
     if kind == "avg":
-        longest = max(longest, do, ho, wo, min(w, 2 * wo + 1), wo * c if channels_last else 0)
-    return longest > max(gi.size * gi.itemsize // 8, _LONG_AXIS)
+        longest = max(d, h, do, ho, wo * c if channels_last else wo, min(w, 2 * wo + 1))
+    else:
+        longest = max(d, h)
+    return longest > _LONG_AXIS and longest > gi.size * gi.itemsize // 8
 
 
 def _aligned(a):

@@ -197,6 +197,41 @@ def test_float16_accumulates_in_float32(backend, rng, dims, kind):
     assert_close(gi, ref.astype(np.float16))
 
 
+@pytest.mark.parametrize("layout", ("first", "last"))
+@pytest.mark.parametrize("part_bytes", (1, 3000), ids=("plane", "planes"))
+def test_float16_in_parts_is_float32_rounded_once(compiled_backend, monkeypatch, rng, part_bytes,
+                                                  layout):
+    """float16 goes through float32 copies of a few planes at a time (one here, or a few
+    samples' worth): bit for bit the float32 result of the whole array, rounded once, into
+    a strided out= too; a bad index is reported before any part is written."""
+    import fastpool._host
+
+    monkeypatch.setattr(fastpool._host, "_FLOAT16_PART", part_bytes)
+    x = rng.standard_normal((3, 10, 9, 7)).astype(np.float16)
+    if layout == "last":
+        x = np.moveaxis(np.moveaxis(x, 1, -1).copy(), -1, 1)
+    x32 = x.astype(np.float32)
+    for kind in KINDS:
+        values, indices = forward(kind, 2, x, (4, 3), backend=compiled_backend)
+        ref, ref_indices = forward(kind, 2, x32, (4, 3), backend=compiled_backend)
+        assert_identical(values, ref.astype(np.float16))
+        if kind == "max":
+            assert_identical(indices, ref_indices)
+        grad = rng.standard_normal(values.shape).astype(np.float16)
+        out = np.zeros(x.shape + (2,), np.float16)[..., 0]
+        got = backward(kind, 2, grad, indices, x.shape, backend=compiled_backend, out=out)
+        expected = backward(kind, 2, grad.astype(np.float32), indices, x.shape,
+                            backend=compiled_backend)
+        assert got is out
+        assert_identical(got, expected.astype(np.float16))
+    indices = indices.copy()
+    indices[-1, -1, -1, -1] = 63  # outside the 9x7 plane, in the last part
+    out[...] = 7
+    with pytest.raises(ValueError, match="indices"):
+        backward("max", 2, grad, indices, x.shape, backend=compiled_backend, out=out)
+    assert (out == 7).all()
+
+
 # Long float32 windows, data in [1, 1.001): one float32 accumulator per window (or per lane)
 # drifts by ~2e-4 over a million values, where float64 sums of float32 blocks stay near 1e-7.
 LONG_WINDOWS = [
