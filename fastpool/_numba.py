@@ -8,19 +8,19 @@ axes for 1d/2d) and run in one of two layouts, each read in place:
 * *channels-last*, C-contiguous ``(N*D*H*W, C)`` (a ``(N, C, ...)`` view with channel stride
   1, as ``channels_last`` tensors give): every inner loop runs over contiguous channels.
 
-Other strides go through one copy, and so do channels-last inputs with fewer than 8 channels
-(nothing to vectorise across). Small planes (a few hundred elements, e.g. upsampling a 5x5
-map) have kernels of their own that take blocks of channels per work item and read either
-layout in place, so a forward from channels-first memory or a backward between different
-layouts costs no copy. Forward outputs may have any strides. Backward kernels
-gather: each element of ``grad_input`` is written once, by one thread, as a sum over the
-output cells covering it taken in output order -- no zero-fill pass, no atomics, the same
-bits for every thread count and both layouts. Average forward sums are float64, of input
-values or of float sums of at most 1024 of them (a plane's or row's pieces, a column of a
-planar window's rows, a channels-last window row); backward sums are in the data type, in
-output order (the cython backend's bits, and for max PyTorch's too; an average term is the
-float64 product of gradient and 1/size, rounded once: PyTorch's average backward rounds
-differently, within an ulp or two).
+Other strides go through one copy, and so do channels-last forward inputs with fewer than 8
+channels (nothing to vectorise across; backwards read those in place). Small planes (a few
+hundred elements, e.g. upsampling a 5x5 map) have kernels of their own that take blocks of
+channels per work item and read either layout in place, so a forward from channels-first
+memory or a backward between different layouts costs no copy. Forward outputs may have any
+strides. Backward kernels gather: each element of ``grad_input`` is written once, by one
+thread, as a sum over the output cells covering it taken in output order -- no zero-fill
+pass, no atomics, the same bits for every thread count and both layouts. Average forward
+sums are float64, of input values or of float sums of at most 1024 of them (a plane's or
+row's pieces, a column of a planar window's rows, a channels-last window row); backward sums
+are in the data type, in output order (the cython backend's bits, and for max PyTorch's too;
+an average term is the float64 product of gradient and 1/size, rounded once: PyTorch's
+average backward rounds differently, within an ulp or two).
 
 Each kernel is a ``prange`` over threads around a serial ``*_part`` function that does one
 thread's contiguous share of the work: numba optimises a plain function better than a
@@ -2126,13 +2126,18 @@ def _channels_last_copy(a):
     return np.array(a.transpose(0, 2, 3, 4, 1), order="C").reshape(n * d * h * w, c)
 
 
-#: Fewer channels than this run the planar kernels, through a copy if need be: the
-#: channels-last kernels vectorise across channels, and a handful leaves nothing to vectorise.
+#: Fewer channels than this leave the channels-last kernels' loops across channels nearly
+#: nothing to vectorise. Forwards run the planar kernels then, through a copy (the
+#: channels-last max forward was 2-3x slower in place for 3-4 channels); backwards read
+#: channels-last memory of 2 or more channels in place all the same (the average 1.4-4x
+#: faster than through copies), the max backward as the SPEC's scatter (1.2-3x faster).
 _MIN_CL_CHANNELS = 8
 
 
-def _is_channels_last(a):
-    return a.shape[1] >= _MIN_CL_CHANNELS and a.strides[1] == a.itemsize
+def _is_channels_last(a, least=_MIN_CL_CHANNELS):
+    """Whether ``a`` runs the channels-last kernels: channel stride 1, ``least`` channels or
+    more (one channel is channels-first memory too)."""
+    return a.shape[1] >= least and a.strides[1] == a.itemsize
 
 
 def _pick_layout(a):
@@ -2384,11 +2389,13 @@ def _backward(kind, inputs, grad_input, fresh=False):
     n, c, d, h, w = grad_input.shape
     _, _, do, ho, wo = inputs[0].shape
     work = grad_input.size + len(inputs) * inputs[0].size
-    channels_last, cl_in = _is_channels_last(grad_input), _is_channels_last(inputs[0])
+    channels_last, cl_in = _is_channels_last(grad_input, 2), _is_channels_last(inputs[0], 2)
+    if _long_backward(kind, inputs[0], grad_input, channels_last) or (
+        kind == "max" and channels_last and c < _MIN_CL_CHANNELS
+    ):
+        return _backward_long(kind, inputs, grad_input, work)
     # A max gradient between planar arrays stays with the planar kernel, whose slab is the
     # whole plane there.
-    if _long_backward(kind, inputs[0], grad_input, channels_last):
-        return _backward_long(kind, inputs, grad_input, work)
     planar_max = kind == "max" and not cl_in
     if (not planar_max and not (channels_last and cl_in)
             and _small_planes(inputs[0], grad_input, backward=True)):

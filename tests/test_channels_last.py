@@ -14,6 +14,7 @@ from oracles import (
     assert_close,
     assert_identical,
     backward,
+    brute_max_backward,
     forward,
     torch_backward,
     torch_forward,
@@ -219,6 +220,9 @@ def test_upsampling_average_backward_same_bits_in_both_layouts(backend, rng, cha
         (1, (2, 150, 40), 100),
         (3, (2, 20, 3, 5, 4), (7, 2, 9)),
         (3, (1, 9, 4, 4, 4), 3),
+        (2, (2, 3, 9, 7), (4, 3)),  # few channels: read in place all the same
+        (1, (2, 5, 40), 13),
+        (3, (1, 2, 4, 6, 5), (3, 2, 7)),
     ],
 )
 def test_average_backward_same_bits_from_either_gradient_layout(backend, rng, dims, shape, osize,
@@ -238,6 +242,24 @@ def test_average_backward_same_bits_from_either_gradient_layout(backend, rng, di
     assert_identical(from_last, planar)
     assert_identical(both_last, to_last(planar, dims))
     assert_close(planar, backward("avg", dims, grad, None, shape, backend="numpy"))
+
+
+@pytest.mark.parametrize("channels", (2, 3, 7))
+@pytest.mark.parametrize(("dims", "size", "osize"), [(1, 300, 7), (2, 40, 6), (2, 5, 7), (3, 9, 4)])
+def test_max_backward_of_few_channels_last(backend, rng, channels, dims, size, osize):
+    """Channels-last gradients of a few channels (numba: the SPEC's scatter, in place): the
+    planar result's bits, for the forward's indices and for indices anywhere in the plane."""
+    shape = (2, channels) + (size,) * dims
+    x = rng.standard_normal(shape)
+    values, indices = forward("max", dims, x, osize, backend="numpy")
+    grad = rng.standard_normal(values.shape)
+    for ix in (indices, rng.integers(0, size**dims, size=indices.shape)):
+        planar = backward("max", dims, grad, ix, shape, backend=backend)
+        last = backward("max", dims, np.ascontiguousarray(to_last(grad, dims)),
+                        np.ascontiguousarray(to_last(ix, dims)), to_last(x, dims).shape,
+                        backend=backend, **CL)
+        assert_identical(last, to_last(planar, dims))
+        assert_close(planar, brute_max_backward(grad, ix, shape, dims))
 
 
 @pytest.mark.parametrize("dtype", (np.float32, np.float64))
