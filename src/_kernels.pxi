@@ -380,20 +380,28 @@ cdef enum:
     _SMALL_BLOCK = 32    # channels per task (float32; float64 takes 16)
 
 
-cdef bint _small_planes(Geom* g, bint with_idx):
+cdef bint _small_planes(Geom* g, bint with_idx, bint small_cl=False):
     """True when the planes of all arrays are small and dense (elements in C order) and the
-    output is not one cell per plane (_small_tasks then sets the channel block)."""
+    output is not one cell per plane (_small_tasks then sets the channel block). With
+    ``small_cl``, the small array may be dense channels-last instead (_avg_bwd_small)."""
     cdef Py_ssize_t plane = g.d * g.h * g.w, cells = g.od * g.oh * g.ow
     if plane > _SMALL_PLANE or cells > _SMALL_PLANE or cells == 1 or plane == 1:
         return False
     if not (g.bw == 1 and (g.h == 1 or g.bh == g.w) and (g.d == 1 or g.bd == g.h * g.w)):
         return False
     if not (g.sw == 1 and (g.oh == 1 or g.sh == g.ow) and (g.od == 1 or g.sd == g.oh * g.ow)):
-        return False
+        if not (small_cl and _small_channels_last(g)):
+            return False
     if with_idx and not (g.iw == 1 and (g.oh == 1 or g.ih == g.ow)
                          and (g.od == 1 or g.id == g.oh * g.ow)):
         return False
     return True
+
+
+cdef inline bint _small_channels_last(Geom* g) noexcept nogil:
+    """Whether the small array is dense channels-last: channel stride 1, cells C apart."""
+    return (g.sc == 1 and g.sw == g.c and (g.oh == 1 or g.sh == g.ow * g.c)
+            and (g.od == 1 or g.sd == g.oh * g.ow * g.c))
 
 
 cdef inline void _transpose(floating* dst, Py_ssize_t dstride, const floating* src,
@@ -1550,7 +1558,10 @@ cdef void _avg_bwd_small(const floating* go, floating* gi, floating* buf, Geom g
     cdef floating* gb = buf
     cdef floating* ib = buf + ncell * cb
     cdef floating* dst
-    _transpose(gb, m, go + n * g.sn + c0 * g.sc, g.sc, m, ncell)
+    if g.sc == 1 and ncell > 1 and g.c > 1:  # channels-last gradients: rows of the block
+        _copy_strided(gb, m, go + n * g.sn + c0, g.c, ncell, m)
+    else:
+        _transpose(gb, m, go + n * g.sn + c0 * g.sc, g.sc, m, ncell)
     for d in range(g.d):
         for hr in range(nhr):
             run = hruns + 4 * hr
@@ -1606,7 +1617,7 @@ cdef int _avg_backward(const floating* gop, floating* gip, cnp.ndarray grad_outp
                 for task in prange(g.nib, nogil=True, schedule='static', num_threads=nt):
                     _avg_bwd_global(gop, gip, g, task)
             return 0
-        small = not channels_last and _small_planes(&g, False)
+        small = not channels_last and _small_planes(&g, False, True)
         if (channels_last and g.sc == 1) or small:
             wt = <fp_weight*>_alloc(g.od * g.oh * g.ow * sizeof(fp_weight))
             i = 0
