@@ -2459,9 +2459,11 @@ def _backward(kind, inputs, grad_input, fresh=False):
 
 
 def _backward_long(kind, inputs, grad_input, work):
-    """:func:`_backward` for long axes: the average's gather kernel, or the SPEC's scatter
-    through the small-plane kernel (a plane per block of channels: its buffer is at most
-    the result) for the maximum, whose indices are checked first."""
+    """:func:`_backward` without tables, for long axes (and for the max of channels-last
+    memory with few channels): the average's long-axis gather, or for the maximum the
+    SPEC's scatter through the small-plane kernel (a plane per block of channels: its
+    buffer is at most the result), its indices checked first. Either reads both layouts
+    in place."""
     target = _writable(grad_input)
     if kind == "avg":
         _avg_bwd_long(work, _aligned(inputs[0]), target)
