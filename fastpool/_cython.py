@@ -46,6 +46,7 @@ _cy = _pick_build()
 _max_threads = _cy.max_threads
 _avg_forward, _max_forward = _cy.avg_forward, _cy.max_forward
 _avg_backward, _max_backward = _cy.avg_backward, _cy.max_backward
+_forward_long, _avg_backward_long = _cy.forward_long, _cy.avg_backward_long
 _F32 = np.dtype(np.float32)
 
 NATIVE_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -148,7 +149,49 @@ def _aligned(a: np.ndarray) -> np.ndarray:
     return a if a.flags.aligned else np.array(a, order="C")  # a new array is aligned
 
 
+# The kernels keep tables of window bounds (16 bytes per position of the result's axes;
+# backwards also of the input's, per run of input positions, and channels-last a weight per
+# output cell and a row of cells) and forwards rows of the input. A call whose tables would
+# pass 1 MiB, and backwards also the result, runs the long-axis kernels instead, which keep
+# none (a signal of millions of samples pooled to or from a few planes).
+_LONG_AXIS = 1 << 16
+
+
+def _long_forward(x: np.ndarray, out: np.ndarray) -> bool:
+    """By the spatial shapes alone: a chunk of an array (dask) takes the path of the whole."""
+    _, _, d, h, w = x.shape
+    _, _, do, ho, wo = out.shape
+    return max(do, ho, wo, w if d * h > 1 else 0) > _LONG_AXIS
+
+
+def _long_backward(kind: str, go: np.ndarray, gi: np.ndarray, channels_last: bool) -> bool:
+    """Entries of 8 bytes. Both paths give the same bits (sums in the same order)."""
+    _, c, d, h, w = gi.shape
+    _, _, do, ho, wo = go.shape
+    if kind == "max":
+        entries = 2 * d + 4 * h + 2 * w if channels_last else 0
+    else:
+        entries = 2 * (do + ho + wo + d) + 4 * (h + w)
+        entries += 2 * do * ho * wo + (wo + 1) * c if channels_last else wo
+    return entries > 2 * _LONG_AXIS and 8 * entries > gi.size * gi.itemsize
+
+
+def _forward_long_call(x: np.ndarray, out: np.ndarray, indices: np.ndarray | None) -> None:
+    o = out if out.flags.aligned else np.empty(out.shape, out.dtype)
+    i = indices
+    if indices is not None and not indices.flags.aligned:
+        i = np.empty(indices.shape, indices.dtype)
+    _forward_long(_aligned(x), o, i, _threads(x.size + out.size))
+    if o is not out:
+        out[...] = o
+    if i is not indices:
+        indices[...] = i
+
+
 def avg_forward(x: np.ndarray, out: np.ndarray) -> None:
+    if _long_forward(x, out):
+        _forward_long_call(x, out, None)
+        return
     channels_last = _channels_last(x)
     if channels_last is None:
         x, channels_last = _stand_in(x, True)
@@ -161,6 +204,9 @@ def avg_forward(x: np.ndarray, out: np.ndarray) -> None:
 
 
 def max_forward(x: np.ndarray, out: np.ndarray, indices: np.ndarray) -> None:
+    if _long_forward(x, out):
+        _forward_long_call(x, out, indices)
+        return
     channels_last = _channels_last(x)
     if channels_last is None:
         x, channels_last = _stand_in(x, True)
@@ -185,7 +231,10 @@ def avg_backward(grad_output: np.ndarray, grad_input: np.ndarray) -> None:
     if channels_last is None:
         gi, channels_last = _stand_in(grad_input, False)
     g = _aligned(grad_output)
-    _avg_backward(g, gi, channels_last, _threads(gi.size + g.size))
+    if _long_backward("avg", g, gi, channels_last):
+        _avg_backward_long(g, gi, _threads(gi.size + g.size))
+    else:
+        _avg_backward(g, gi, channels_last, _threads(gi.size + g.size))
     if gi is not grad_input:
         grad_input[...] = gi
 
@@ -201,7 +250,8 @@ def max_backward(
     if channels_last is None:
         gi, channels_last = _stand_in(grad_input, False)
     g, i = _aligned(grad_output), _aligned(indices)
-    if not _max_backward(g, i, gi, channels_last, _threads(gi.size + g.size), fresh):
+    tables = not _long_backward("max", g, gi, channels_last)
+    if not _max_backward(g, i, gi, channels_last, _threads(gi.size + g.size), fresh, tables):
         return False  # an index outside the plane (grad_input untouched unless fresh)
     if gi is not grad_input:
         grad_input[...] = gi

@@ -2018,7 +2018,7 @@ cdef bint _indices_bad(const int64_t* ip, Geom g, bint channels_last, bint group
 
 cdef int _max_backward(const floating* gop, floating* gip, cnp.ndarray grad_output,
                        cnp.ndarray indices, cnp.ndarray grad_input, bint channels_last,
-                       int num_threads, bint fresh) except -1:
+                       int num_threads, bint fresh, bint tables) except -1:
     """Zero, then scatter-add in output order, each element by one thread: deterministic
     without atomics (planar: one plane, or eight small ones, per task; channels-last: one
     sample or one run of rows per task, or a gather).
@@ -2077,8 +2077,9 @@ cdef int _max_backward(const floating* gop, floating* gip, cnp.ndarray grad_outp
     gather = (g.sc == 1 and g.ic == 1
               and _window_sum(g.d, g.od) * _window_sum(g.h, g.oh) * _window_sum(g.w, g.ow)
               <= _GATHER_WINDOW * g.od * g.oh * g.ow)
-    if gather or not (dense and g.bw == g.c and g.n >= 4 * num_threads
-                      and g.d * g.h * g.w * g.c * sizeof(floating) <= 65536):
+    # (without ``tables``, for very long axes: straight to the slabs, which keep none)
+    if tables and (gather or not (dense and g.bw == g.c and g.n >= 4 * num_threads
+                                  and g.d * g.h * g.w * g.c * sizeof(floating) <= 65536)):
         # rows that the same cells cover, one run per task
         cover_d = <Py_ssize_t*>_alloc((2 * g.d + 4 * g.h + 2 * g.w) * sizeof(Py_ssize_t))
         hruns = cover_d + 2 * g.d
@@ -2128,6 +2129,178 @@ cdef int _max_backward(const floating* gop, floating* gip, cnp.ndarray grad_outp
     return 1 if bad else 0
 
 
+# ========================================================================= long axes
+# The kernels above keep tables of window bounds as long as the axes (and, forwards,
+# buffers as long as an input row): small beside the result, unless an axis is very long
+# (a signal of millions of samples pooled to or from a few planes). fastpool/_cython.py
+# sends such calls here instead: each window is computed from the formula where it is
+# used, any strides are read in place, and nothing is allocated.
+
+
+cdef inline void _advance(Py_ssize_t* lo, Py_ssize_t* rem, Py_ssize_t q, Py_ssize_t r,
+                          Py_ssize_t size_out) noexcept nogil:
+    """``(start(i + 1), (i + 1) * size_in % size_out)`` from the same pair for cell i of
+    :func:`_window`, with ``q, r = divmod(size_in, size_out)``: the next window without a
+    division (its end is ``start(i + 1)``, plus one when that remainder is not 0)."""
+    lo[0] = lo[0] + q
+    rem[0] = rem[0] + r
+    if rem[0] >= size_out:
+        lo[0] = lo[0] + 1
+        rem[0] = rem[0] - size_out
+
+
+cdef void _fwd_long(const floating* x, floating* out, int64_t* idx, Geom g, bint is_max,
+                    Py_ssize_t first, Py_ssize_t last) noexcept nogil:
+    """Output elements [first, last) in (n, c, od, oh, ow) order, a row at a time: the
+    SPEC's scan of each window in row-major order, or its sum in double."""
+    cdef Py_ssize_t k = first, r, n, c, od, oh, ow, ow0, ow1, d0, d1, h0, h1, d, h, w, bi
+    cdef Py_ssize_t lo, rem, hi, nlo, nrem, q = g.w // g.ow, rq = g.w % g.ow
+    cdef const floating* row
+    cdef floating v, bv
+    cdef double s
+    while k < last:
+        r = k // g.ow
+        ow0 = k - r * g.ow
+        ow1 = min(g.ow, ow0 + last - k)
+        k = k + ow1 - ow0
+        oh = r % g.oh
+        r = r // g.oh
+        od = r % g.od
+        r = r // g.od
+        c = r % g.c
+        n = r // g.c
+        _window(od, g.d, g.od, &d0, &d1)
+        _window(oh, g.h, g.oh, &h0, &h1)
+        lo = (ow0 * g.w) // g.ow
+        rem = (ow0 * g.w) % g.ow
+        for ow in range(ow0, ow1):
+            nlo = lo
+            nrem = rem
+            _advance(&nlo, &nrem, q, rq, g.ow)
+            hi = nlo + (nrem != 0)
+            if is_max:
+                bv = x[n * g.bn + c * g.bc + d0 * g.bd + h0 * g.bh + lo * g.bw]
+                bi = (d0 * g.h + h0) * g.w + lo
+                for d in range(d0, d1):
+                    for h in range(h0, h1):
+                        row = x + n * g.bn + c * g.bc + d * g.bd + h * g.bh
+                        for w in range(lo, hi):
+                            v = row[w * g.bw]
+                            if v > bv or v != v:
+                                bv = v
+                                bi = (d * g.h + h) * g.w + w
+                out[n * g.sn + c * g.sc + od * g.sd + oh * g.sh + ow * g.sw] = bv
+                idx[n * g.in_ + c * g.ic + od * g.id + oh * g.ih + ow * g.iw] = bi
+            else:
+                s = 0
+                for d in range(d0, d1):
+                    for h in range(h0, h1):
+                        row = x + n * g.bn + c * g.bc + d * g.bd + h * g.bh
+                        if g.bw == 1 and hi - lo > 16:
+                            s = s + <double>_sum(row + lo, hi - lo)
+                        else:
+                            for w in range(lo, hi):
+                                s = s + <double>row[w * g.bw]
+                out[n * g.sn + c * g.sc + od * g.sd + oh * g.sh + ow * g.sw] = <floating>(
+                    s / <double>((d1 - d0) * (h1 - h0) * (hi - lo)))
+            lo = nlo
+            rem = nrem
+
+
+cdef void _avg_bwd_long(const floating* go, floating* gi, Geom g, Py_ssize_t first,
+                        Py_ssize_t last) noexcept nogil:
+    """Elements [first, last) of grad_input in (n, c, d, h, w) order, a row at a time: the
+    terms of the covering cells added as _avg_bwd_rowvals and _avg_bwd_planar add them (per
+    output column over the cells' rows, then across the columns), so the same bits."""
+    cdef Py_ssize_t k = first, r, n, c, d, h, w, w0, w1, od0, od1, oh0, oh1, od, oh, ow
+    cdef Py_ssize_t f, frem, nf, nfrem, lo, rem, nlo, nrem, b0, b1, e0, e1, kdh
+    cdef bint one
+    cdef Py_ssize_t q = g.w // g.ow, rq = g.w % g.ow, qc = g.ow // g.w, rc = g.ow % g.w
+    cdef const floating* src
+    cdef floating acc, v = 0
+    while k < last:
+        r = k // g.w
+        w0 = k - r * g.w
+        w1 = min(g.w, w0 + last - k)
+        k = k + w1 - w0
+        h = r % g.h
+        r = r // g.h
+        d = r % g.d
+        r = r // g.d
+        c = r % g.c
+        n = r // g.c
+        _window(d, g.od, g.d, &od0, &od1)
+        _window(h, g.oh, g.h, &oh0, &oh1)
+        src = go + n * g.sn + c * g.sc
+        # one covering cell in D and H (pooling, not upsampling there): its size, once
+        one = od1 - od0 == 1 and oh1 - oh0 == 1
+        _window(od0, g.d, g.od, &b0, &b1)
+        _window(oh0, g.h, g.oh, &e0, &e1)
+        kdh = (b1 - b0) * (e1 - e0)
+        f = (w0 * g.ow) // g.w  # the first output cell covering w, and its remainder
+        frem = (w0 * g.ow) % g.w
+        for w in range(w0, w1):
+            nf = f
+            nfrem = frem
+            _advance(&nf, &nfrem, qc, rc, g.w)
+            lo = (f * g.w) // g.ow
+            rem = (f * g.w) % g.ow
+            for ow in range(f, nf + (nfrem != 0)):
+                nlo = lo
+                nrem = rem
+                _advance(&nlo, &nrem, q, rq, g.ow)
+                acc = 0
+                if one:
+                    acc = acc + src[od0 * g.sd + oh0 * g.sh + ow * g.sw] / <floating>(
+                        kdh * (nlo + (nrem != 0) - lo))
+                else:
+                    for od in range(od0, od1):
+                        _window(od, g.d, g.od, &b0, &b1)
+                        for oh in range(oh0, oh1):
+                            _window(oh, g.h, g.oh, &e0, &e1)
+                            acc = acc + src[od * g.sd + oh * g.sh + ow * g.sw] / <floating>(
+                                (b1 - b0) * (e1 - e0) * (nlo + (nrem != 0) - lo))
+                v = acc if ow == f else v + acc
+                lo = nlo
+                rem = nrem
+            gi[n * g.bn + c * g.bc + d * g.bd + h * g.bh + w * g.bw] = v
+            f = nf
+            frem = nfrem
+
+
+cdef int _long(floating* big, floating* small, int64_t* idx, cnp.ndarray big_a,
+               cnp.ndarray small_a, cnp.ndarray indices, int kind, int num_threads) except -1:
+    """A forward (kind 0: average, 1: maximum; ``big`` the input, only read) or the average
+    backward (kind 2; ``big`` grad_input, written) through the long-axis kernels, their
+    elements split evenly among the tasks."""
+    cdef Geom g = _geom(_shape(big_a), _strides(big_a), _shape(small_a), _strides(small_a),
+                        sizeof(floating))
+    cdef Py_ssize_t total = cnp.PyArray_SIZE(big_a if kind == 2 else small_a)
+    cdef Py_ssize_t task, ntasks = min(total, 4 * <Py_ssize_t>num_threads)
+    cdef int nt
+    if indices is not None:
+        _set_index_strides(&g, _strides(indices))
+    _task_threads(ntasks, num_threads, &nt)
+    if nt == 1:
+        with nogil:
+            for task in range(ntasks):
+                if kind == 2:
+                    _avg_bwd_long(small, big, g, task * total // ntasks,
+                                  (task + 1) * total // ntasks)
+                else:
+                    _fwd_long(big, small, idx, g, kind == 1, task * total // ntasks,
+                              (task + 1) * total // ntasks)
+    else:
+        for task in prange(ntasks, nogil=True, schedule='static', num_threads=nt):
+            if kind == 2:
+                _avg_bwd_long(small, big, g, task * total // ntasks,
+                              (task + 1) * total // ntasks)
+            else:
+                _fwd_long(big, small, idx, g, kind == 1, task * total // ntasks,
+                          (task + 1) * total // ntasks)
+    return 0
+
+
 # ========================================================================= entry points
 
 def avg_forward(cnp.ndarray x not None, cnp.ndarray out not None, bint channels_last,
@@ -2167,9 +2340,38 @@ def avg_backward(cnp.ndarray grad_output not None, cnp.ndarray grad_input not No
                       channels_last, num_threads)
 
 
+def forward_long(cnp.ndarray x not None, cnp.ndarray out not None, cnp.ndarray indices,
+                 int num_threads):
+    """``out`` (and with ``indices`` their positions: the maximum, else the average) through
+    the long-axis kernels, any strides."""
+    cdef int t = _float_kind(x, out, False)
+    cdef int64_t* ip = NULL
+    if indices is not None:
+        _check_array(indices, cnp.NPY_INT64, True)
+        ip = <int64_t*>cnp.PyArray_DATA(indices)
+    if t == cnp.NPY_FLOAT:
+        _long(<float*>cnp.PyArray_DATA(x), <float*>cnp.PyArray_DATA(out), ip, x, out,
+              indices, 0 if indices is None else 1, num_threads)
+    else:
+        _long(<double*>cnp.PyArray_DATA(x), <double*>cnp.PyArray_DATA(out), ip, x, out,
+              indices, 0 if indices is None else 1, num_threads)
+
+
+def avg_backward_long(cnp.ndarray grad_output not None, cnp.ndarray grad_input not None,
+                      int num_threads):
+    """The average's gradient through the long-axis kernels, any strides."""
+    cdef cnp.ndarray no_indices = None
+    if _float_kind(grad_input, grad_output, True) == cnp.NPY_FLOAT:
+        _long(<float*>cnp.PyArray_DATA(grad_input), <float*>cnp.PyArray_DATA(grad_output),
+              NULL, grad_input, grad_output, no_indices, 2, num_threads)
+    else:
+        _long(<double*>cnp.PyArray_DATA(grad_input), <double*>cnp.PyArray_DATA(grad_output),
+              NULL, grad_input, grad_output, no_indices, 2, num_threads)
+
+
 def max_backward(cnp.ndarray grad_output not None, cnp.ndarray indices not None,
                  cnp.ndarray grad_input not None, bint channels_last, int num_threads,
-                 bint fresh=False):
+                 bint fresh=False, bint tables=True):
     """``grad_input.flat_plane[indices] += grad_output``, each element by one thread; True.
     False when an index lies outside the plane, with ``grad_input`` untouched unless
     ``fresh`` (then the indices are tested as the kernels read them, and what was written
@@ -2179,7 +2381,7 @@ def max_backward(cnp.ndarray grad_output not None, cnp.ndarray indices not None,
     if t == cnp.NPY_FLOAT:
         return _max_backward(<const float*>cnp.PyArray_DATA(grad_output),
                              <float*>cnp.PyArray_DATA(grad_input), grad_output, indices,
-                             grad_input, channels_last, num_threads, fresh) == 0
+                             grad_input, channels_last, num_threads, fresh, tables) == 0
     return _max_backward(<const double*>cnp.PyArray_DATA(grad_output),
                          <double*>cnp.PyArray_DATA(grad_input), grad_output, indices,
-                         grad_input, channels_last, num_threads, fresh) == 0
+                         grad_input, channels_last, num_threads, fresh, tables) == 0

@@ -139,28 +139,33 @@ SMALL = [
 @pytest.mark.parametrize("layout", ("first", "last"))
 @pytest.mark.parametrize(("dims", "shape", "osize"), SMALL,
                          ids=[f"{d}d-{'x'.join(map(str, s))}-{o}" for d, s, o in SMALL])
-def test_numba_long_axis_kernels_agree_with_the_others(monkeypatch, rng, dims, shape, osize,
-                                                       layout):
+def test_long_axis_kernels_agree_with_the_others(compiled_backend, monkeypatch, rng, dims, shape,
+                                                 osize, layout):
     """The long-axis kernels, forced on ordinary shapes: the same maxima and indices, the
     same gradient bits as the other kernels (whose bits agree across layouts), and averages
     equal up to rounding."""
-    if "numba" not in fastpool.available_backends():
-        pytest.skip("numba backend not usable")
+    module = _numba if compiled_backend == "numba" else _cython_module()
     x = _layout(rng.standard_normal(shape).astype(np.float32), layout)
-    avg, _ = forward("avg", dims, x, osize, backend="numba")
-    values, indices = forward("max", dims, x, osize, backend="numba")
+    avg, _ = forward("avg", dims, x, osize, backend=compiled_backend)
+    values, indices = forward("max", dims, x, osize, backend=compiled_backend)
     grad = _layout(rng.standard_normal(avg.shape).astype(np.float32), layout)
-    grads = [backward(kind, dims, grad, _layout(indices, layout), shape, backend="numba")
+    grads = [backward(kind, dims, grad, _layout(indices, layout), shape, backend=compiled_backend)
              for kind in ("avg", "max")]
-    monkeypatch.setattr(_numba, "_long_forward", lambda x, out: True)
-    monkeypatch.setattr(_numba, "_long_backward", lambda kind, go, gi, channels_last: True)
-    assert_close(forward("avg", dims, x, osize, backend="numba")[0], avg)
-    long_values, long_indices = forward("max", dims, x, osize, backend="numba")
+    monkeypatch.setattr(module, "_long_forward", lambda x, out: True)
+    monkeypatch.setattr(module, "_long_backward", lambda kind, go, gi, channels_last: True)
+    assert_close(forward("avg", dims, x, osize, backend=compiled_backend)[0], avg)
+    long_values, long_indices = forward("max", dims, x, osize, backend=compiled_backend)
     assert_identical(long_values, values)
     assert_identical(long_indices, indices)
     for kind, expected in zip(("avg", "max"), grads, strict=True):
-        got = backward(kind, dims, grad, _layout(indices, layout), shape, backend="numba")
+        got = backward(kind, dims, grad, _layout(indices, layout), shape, backend=compiled_backend)
         assert_identical(got, expected)
+
+
+def _cython_module():
+    from fastpool import _cython
+
+    return _cython
 
 
 _PEAK = """
@@ -172,19 +177,19 @@ def peak():  # the resident set's high-water mark, which writing 5 to clear_refs
 def call(length, kind):
     if kind == "avg_up":
         return fastpool.adaptive_avg_pool1d(np.ones((1, 1, 3), np.float32), length,
-                                            backend="numba")
+                                            backend=backend)
     if kind == "max_up":
         return fastpool.adaptive_max_pool1d(np.ones((1, 1, 3), np.float32), length, True,
-                                            backend="numba")
+                                            backend=backend)
     if kind == "avg_bwd_same":
         g = np.ones((1, 1, length), np.float32)
-        return fastpool.adaptive_avg_pool1d_backward(g, (1, 1, length), backend="numba")
+        return fastpool.adaptive_avg_pool1d_backward(g, (1, 1, length), backend=backend)
     if kind == "float16":
         x = np.ones((64, length // 64), np.float16)
-        return fastpool.adaptive_avg_pool1d(x, 3, backend="numba")
+        return fastpool.adaptive_avg_pool1d(x, 3, backend=backend)
     x = np.ones((1, 1, 2, length), np.float32)
-    return fastpool.adaptive_max_pool2d(x, (1, 3), True, backend="numba")
-kind = sys.argv[1]
+    return fastpool.adaptive_max_pool2d(x, (1, 3), True, backend=backend)
+kind, backend = sys.argv[1:]
 call(1 << 18, kind)  # compiled (the same kernels), and its imports done
 length = 1 << 24
 with open("/proc/self/clear_refs", "w") as f:
@@ -197,17 +202,15 @@ print(json.dumps([peak() - before, sum(a.nbytes for a in result)]))
 
 
 @pytest.mark.parametrize("kind", ("avg_up", "max_up", "avg_bwd_same", "max_rows", "float16"))
-def test_numba_long_axes_allocate_no_more_than_the_result(kind):
+def test_long_axes_allocate_no_more_than_the_result(compiled_backend, kind):
     """Peak memory of one call beyond its input and result, in a fresh process (the peak
     reset after imports and compiling): 16 Mi-element axes once took tables and row
-    buffers many times the result (1.6-6.8 GB at 64 Mi), and float16 a float32 copy of the
-    whole input (here 64 MiB; now 16 MiB at a time)."""
-    if "numba" not in fastpool.available_backends():
-        pytest.skip("numba backend not usable")
+    buffers many times the result (numba 1.6-6.8 GB at 64 Mi, cython 0.5-3.3 GB), and
+    float16 a float32 copy of the whole input (here 64 MiB; now 16 MiB at a time)."""
     if not sys.platform.startswith("linux"):
         pytest.skip("measures the resident set through /proc (Linux)")
-    run = subprocess.run([sys.executable, "-c", _PEAK, kind], capture_output=True, text=True,
-                         check=True)
+    run = subprocess.run([sys.executable, "-c", _PEAK, kind, compiled_backend],
+                         capture_output=True, text=True, check=True)
     grown, result = json.loads(run.stdout)
     inputs = {"avg_bwd_same": 1 << 26, "max_rows": 1 << 27, "float16": 1 << 25}.get(kind, 0)
     allowed = (8 << 20) + (16 << 20 if kind == "float16" else 0)
