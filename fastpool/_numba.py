@@ -2283,6 +2283,8 @@ def _long_forward(x, out):
     """Whether a forward runs the long-axis kernels: tables as long as the result's axes,
     rows of the input when windows span several of them. By the spatial shapes alone: a
     chunk of an array (dask) takes the same path as the whole."""
+    if x.size <= _LONG_AXIS and out.size <= _LONG_AXIS:  # (no axis is longer than its array)
+        return False
     _, _, d, h, w = x.shape
     _, _, do, ho, wo = out.shape
     return max(do, ho, wo, w if d * h > 1 else 0) > _LONG_AXIS
@@ -2293,6 +2295,8 @@ def _long_backward(kind, go, gi, channels_last):
     H axes; for the average also of the output's axes, runs along W, and a row of output
     cells, by the channels in channels-last memory) outgrow both 1 MiB and the result. The
     kernels give the same bits either way."""
+    if go.size <= _LONG_AXIS and gi.size <= _LONG_AXIS:  # (no table outgrows its array)
+        return False
     _, c, d, h, w = gi.shape
     _, _, do, ho, wo = go.shape
     if kind == "avg":
