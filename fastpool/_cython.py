@@ -159,6 +159,8 @@ _LONG_AXIS = 1 << 16
 
 def _long_forward(x: np.ndarray, out: np.ndarray) -> bool:
     """By the spatial shapes alone: a chunk of an array (dask) takes the path of the whole."""
+    if x.size <= _LONG_AXIS and out.size <= _LONG_AXIS:  # (no axis is longer than its array)
+        return False
     _, _, d, h, w = x.shape
     _, _, do, ho, wo = out.shape
     return max(do, ho, wo, w if d * h > 1 else 0) > _LONG_AXIS
@@ -176,50 +178,37 @@ def _long_backward(kind: str, go: np.ndarray, gi: np.ndarray, channels_last: boo
     return entries > 2 * _LONG_AXIS and 8 * entries > gi.size * gi.itemsize
 
 
-def _forward_long_call(x: np.ndarray, out: np.ndarray, indices: np.ndarray | None) -> None:
-    o = out if out.flags.aligned else np.empty(out.shape, out.dtype)
-    i = indices
-    if indices is not None and not indices.flags.aligned:
-        i = np.empty(indices.shape, indices.dtype)
-    _forward_long(_aligned(x), o, i, _threads(x.size + out.size))
-    if o is not out:
-        out[...] = o
-    if i is not indices:
-        indices[...] = i
+def _writable(a: np.ndarray | None) -> np.ndarray | None:
+    """``a`` itself when aligned (outputs are written through their strides), else a
+    stand-in that the caller copies back."""
+    return a if a is None or a.flags.aligned else np.empty(a.shape, a.dtype)
 
 
 def avg_forward(x: np.ndarray, out: np.ndarray) -> None:
+    o = _writable(out)
     if _long_forward(x, out):
-        _forward_long_call(x, out, None)
-        return
-    channels_last = _channels_last(x)
-    if channels_last is None:
-        x, channels_last = _stand_in(x, True)
-    if out.flags.aligned:  # outputs are written through their strides
-        _avg_forward(x, out, channels_last, _threads(x.size + out.size))
-        return
-    o = np.empty(out.shape, out.dtype)
-    _avg_forward(x, o, channels_last, _threads(x.size + o.size))
-    out[...] = o
+        _forward_long(_aligned(x), o, None, _threads(x.size + out.size))
+    else:
+        channels_last = _channels_last(x)
+        if channels_last is None:
+            x, channels_last = _stand_in(x, True)
+        _avg_forward(x, o, channels_last, _threads(x.size + out.size))
+    if o is not out:
+        out[...] = o
 
 
 def max_forward(x: np.ndarray, out: np.ndarray, indices: np.ndarray) -> None:
+    o, i = _writable(out), _writable(indices)
     if _long_forward(x, out):
-        _forward_long_call(x, out, indices)
-        return
-    channels_last = _channels_last(x)
-    if channels_last is None:
-        x, channels_last = _stand_in(x, True)
-    if channels_last and x.dtype == _F32 and x.size // (x.shape[0] * x.shape[1]) >= 2**31:
-        # that kernel keeps float32 positions in int32; a plane this large goes planar
-        x, channels_last = np.array(x, order="C"), False
-    if out.flags.aligned and indices.flags.aligned:
-        _max_forward(x, out, indices, channels_last, _threads(x.size + out.size))
-        return
-    # stand-ins for unaligned outputs, written then copied back
-    o = out if out.flags.aligned else np.empty(out.shape, out.dtype)
-    i = indices if indices.flags.aligned else np.empty(indices.shape, indices.dtype)
-    _max_forward(x, o, i, channels_last, _threads(x.size + o.size))
+        _forward_long(_aligned(x), o, i, _threads(x.size + out.size))
+    else:
+        channels_last = _channels_last(x)
+        if channels_last is None:
+            x, channels_last = _stand_in(x, True)
+        if channels_last and x.dtype == _F32 and x.size // (x.shape[0] * x.shape[1]) >= 2**31:
+            # that kernel keeps float32 positions in int32; a plane this large goes planar
+            x, channels_last = np.array(x, order="C"), False
+        _max_forward(x, o, i, channels_last, _threads(x.size + out.size))
     if o is not out:
         out[...] = o
     if i is not indices:

@@ -92,24 +92,25 @@ class HostBackend:
         g5, gi5 = plan.view5(grad_output), plan.view5(grad_input)
         args = (plan.view5(indices),) if kind == "max" else ()
         kernel = getattr(self.module, _BACKWARD[kind])
-        if plan.dtype not in self.native_dtypes:
-            if kind == "max" and self.checks_indices:
+        checks = kind == "max" and self.checks_indices
+        if plan.dtype in self.native_dtypes:
+            if checks:  # fresh: grad_input is ours, dropped on error
+                ok = kernel(g5, *args, gi5, fresh=out is None)
+            else:
+                ok = kernel(g5, *args, gi5)
+        else:
+            if checks:
                 v.check_index_bounds(given, plan.plane)  # before the first part is written
             for part in _float16_parts(plan.in5, plan.out5):
-                dst = np.empty(gi5[part].shape, dtype=_F32)
+                src, dst = g5[part].astype(_F32), np.empty(gi5[part].shape, dtype=_F32)
                 part_args = [a[part] for a in args]
-                if kind == "max" and self.checks_indices:
-                    ok = kernel(g5[part].astype(_F32), *part_args, dst, fresh=True)
+                if checks:
+                    ok = kernel(src, *part_args, dst, fresh=True)
                 else:
-                    ok = kernel(g5[part].astype(_F32), *part_args, dst)
+                    ok = kernel(src, *part_args, dst)
                 if ok is False:
-                    raise AssertionError("the kernel reported an index the check does not find")
+                    break
                 gi5[part] = dst
-            return grad_input
-        if kind == "max" and self.checks_indices:  # fresh: grad_input is ours, dropped on error
-            ok = kernel(g5, *args, gi5, fresh=out is None)
-        else:
-            ok = kernel(g5, *args, gi5)
         if ok is False:  # an index outside the plane (out= untouched)
             v.check_index_bounds(given, plan.plane)  # raises, naming the index
             raise AssertionError("the kernel reported an index the check does not find")

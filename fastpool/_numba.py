@@ -2464,10 +2464,8 @@ def _backward(kind, inputs, grad_input, fresh=False):
 
 def _backward_long(kind, inputs, grad_input, work):
     """:func:`_backward` without tables, for long axes (and for the max of channels-last
-    memory with few channels): the average's long-axis gather, or for the maximum the
-    SPEC's scatter through the small-plane kernel (a plane per block of channels: its
-    buffer is at most the result), its indices checked first. Either reads both layouts
-    in place."""
+    memory with few channels): the average's long-axis gather, or for the maximum
+    :func:`_scatter`, its indices checked first. Either reads both layouts in place."""
     target = _writable(grad_input)
     if kind == "avg":
         _avg_bwd_long(work, _aligned(inputs[0]), target)
@@ -2481,9 +2479,7 @@ def _backward_long(kind, inputs, grad_input, work):
         (go, sc), (ix, _) = flats
         if not _positions_ok(ix, d * h * w):
             return False
-        threads = _num_threads or numba.config.NUMBA_NUM_THREADS
-        cb = max(1, min(c, _SMALL_BLOCK, n * c // (2 * threads)))
-        _max_bwd_small(work, go, ix, target, _flat(target), do, ho, wo, sc, cb)
+        _scatter(work, go, ix, target, sc, do * ho * wo)
     if target is not grad_input:
         grad_input[...] = target
     return True
@@ -2491,21 +2487,26 @@ def _backward_long(kind, inputs, grad_input, work):
 
 def _max_bwd_scatter(work, args, target, channels_last, shape):
     """``target`` (the 2-D layout view of :func:`_backward`) = the scatter of ``args``
-    (grad_output and indices in the same layout), in output order: any index in the plane,
-    through the small-plane kernel. Its buffer, a plane by a block of channels per
-    thread, is kept below the size of the result where the block allows."""
+    (grad_output and indices in the same layout), through :func:`_scatter`."""
     n, c, d, h, w = shape
-    do, ho, wo = args[0].size // (n * c), 1, 1  # the kernel only uses the product of these
+    cells = args[0].size // (n * c)
     if channels_last:
-        gi = target.reshape(n, d, h, w, c).transpose(0, 4, 1, 2, 3)
-        sc = 1
+        gi, sc = target.reshape(n, d, h, w, c).transpose(0, 4, 1, 2, 3), 1
     else:
-        gi = target.reshape(n, c, d, h, w)
-        sc = do
+        gi, sc = target.reshape(n, c, d, h, w), cells
+    _scatter(work, args[0].reshape(-1), args[1].reshape(-1), gi, sc, cells)
+
+
+def _scatter(work, go, ix, gi, sc, cells):
+    """``gi`` (5-D, any strides) = the SPEC's scatter, in output order, of any indices in
+    the plane, through the small-plane kernel: ``go`` and ``ix`` flat, element (n, c, cell)
+    at ``n * C * cells + c * sc + cell * sp``. Its buffer, a plane by a block of channels
+    per thread, is kept below the size of the result where the block allows."""
+    n, c = gi.shape[:2]
     threads = _num_threads or numba.config.NUMBA_NUM_THREADS
     cb = max(1, min(c, _SMALL_BLOCK, n * c // (2 * threads)))
-    _max_bwd_small(work, args[0].reshape(-1), args[1].reshape(-1), gi, _flat(gi), do, ho, wo, sc,
-                   cb)
+    # (the kernel only uses the product of the output's axes)
+    _max_bwd_small(work, go, ix, gi, _flat(gi), cells, 1, 1, sc, cb)
 
 
 def _positions_ok(ix, plane):

@@ -1,6 +1,7 @@
 """Very long spatial axes (a signal of 140000 samples pooled to or from a few planes), in
 every layout, against PyTorch and a scatter; and what such calls allocate."""
 
+import importlib
 import json
 import subprocess
 import sys
@@ -17,7 +18,6 @@ from oracles import (
 )
 
 import fastpool
-from fastpool import _numba
 
 # One axis, of the input or the result, past 2**17 (numba's tables would pass 1 MiB), in
 # 1d, 2d and 3d: upsampling, nearly equal sizes, windows of several rows; and one that
@@ -144,7 +144,7 @@ def test_long_axis_kernels_agree_with_the_others(compiled_backend, monkeypatch, 
     """The long-axis kernels, forced on ordinary shapes: the same maxima and indices, the
     same gradient bits as the other kernels (whose bits agree across layouts), and averages
     equal up to rounding."""
-    module = _numba if compiled_backend == "numba" else _cython_module()
+    module = importlib.import_module(f"fastpool._{compiled_backend}")
     x = _layout(rng.standard_normal(shape).astype(np.float32), layout)
     avg, _ = forward("avg", dims, x, osize, backend=compiled_backend)
     values, indices = forward("max", dims, x, osize, backend=compiled_backend)
@@ -160,12 +160,6 @@ def test_long_axis_kernels_agree_with_the_others(compiled_backend, monkeypatch, 
     for kind, expected in zip(("avg", "max"), grads, strict=True):
         got = backward(kind, dims, grad, _layout(indices, layout), shape, backend=compiled_backend)
         assert_identical(got, expected)
-
-
-def _cython_module():
-    from fastpool import _cython
-
-    return _cython
 
 
 _PEAK = """
