@@ -309,12 +309,13 @@ def _next(i3, i2, i1, i0, e2, e1, e0):
 
 
 @njit(fastmath={"reassoc"}, error_model="numpy")
-def _sum(a):
-    """Float64 sum of ``a``, in whatever order LLVM's vectoriser likes (only this function
-    may reorder its additions; callers keep numba's strict floating point)."""
+def _sum(a, lo, hi):
+    """Float64 sum of ``a[lo:hi]``, in whatever order LLVM's vectoriser likes (only this
+    function may reorder its additions; callers keep numba's strict floating point). Indexed
+    by range rather than sliced: a slice per window cost as much as summing 40 values."""
     s = 0.0
-    for i in range(len(a)):
-        s += a[i]
+    for i in range(lo, hi):
+        s += a[np.uint64(i)]
     return s
 
 
@@ -323,24 +324,24 @@ _PARTIAL = 1024
 
 
 @njit(fastmath={"reassoc"}, error_model="numpy")
-def _partial(a):
-    """Sum of ``a`` in its own precision, in the vectoriser's order."""
+def _partial(a, lo, hi):
+    """Sum of ``a[lo:hi]`` in its own precision, in the vectoriser's order."""
     s = a.dtype.type(0)
-    for i in range(len(a)):
-        s += a[i]
+    for i in range(lo, hi):
+        s += a[np.uint64(i)]
     return s
 
 
 @njit(error_model="numpy")
-def _sum_in(a):
-    """Float64 sum of input values: partial sums of up to 1024 elements in the input's
-    precision (float32: half the vector work of float64, each vector lane adding a few
-    dozen values), added in float64. For whole planes and rows of planar inputs, where the
-    plain float64 sum was bound by its conversions rather than by memory (in cache: 64x64
-    planes 1.3x, 7x7 planes 1.8x, the latter through :func:`_partial` alone)."""
+def _sum_in(a, lo, hi):
+    """Float64 sum of input values ``a[lo:hi]``: partial sums of up to 1024 elements in the
+    input's precision (float32: half the vector work of float64, each vector lane adding a
+    few dozen values), added in float64. For whole planes and rows of planar inputs, where
+    the plain float64 sum was bound by its conversions rather than by memory (in cache: 64x64
+    planes 1.3x, 7x7 planes 1.8x)."""
     s = 0.0
-    for i in range(0, len(a), _PARTIAL):
-        s += _partial(a[i : min(i + _PARTIAL, len(a))])
+    for i in range(lo, hi, _PARTIAL):
+        s += _partial(a, i, min(i + _PARTIAL, hi))
     return s
 
 
@@ -490,11 +491,11 @@ def _avg_fwd_planar_part(t, nt, x, out, D, H, W):
         first, last = _chunk(t, N * C, nt)
         _, _, n, c = _unravel(first, 1, N, C)
         for p in range(first, last):
-            # (the test here, not in _sum_in: there LLVM made 7x7 planes 1.5x slower)
+            # (the test here, not in _sum_in: there LLVM made 7x7 planes 1.25x slower)
             if D * HW <= _PARTIAL:
-                out[n, c, 0, 0, 0] = np.float64(_partial(x[p])) / (D * HW)
+                out[n, c, 0, 0, 0] = np.float64(_partial(x[p], 0, D * HW)) / (D * HW)
             else:
-                out[n, c, 0, 0, 0] = _sum_in(x[p]) / (D * HW)
+                out[n, c, 0, 0, 0] = _sum_in(x[p], 0, D * HW) / (D * HW)
             _, _, n, c = _next(0, 0, n, c, 1, N, C)
         return
     ds, de = _bounds(D, Do)
@@ -513,13 +514,19 @@ def _avg_fwd_planar_part(t, nt, x, out, D, H, W):
         if Wo == 1:  # whole rows: each d slab of the window is one contiguous span
             s = 0.0
             for d in range(d0, d1):
-                s += _sum_in(xp[d * HW + h0 * W : d * HW + h1 * W])
+                s += _sum_in(xp, d * HW + h0 * W, d * HW + h1 * W)
             orow[0] = s / (nrows * W)
         elif nrows == 1:
             row = xp[d0 * HW + h0 * W : d0 * HW + h0 * W + W]
             for ow in range(Wo):
-                s = _sum_in(row[ws[ow] : we[ow]])
-                orow[ow] = s / (we[ow] - ws[ow])
+                # short windows (1d: 40 values) call _partial here, where LLVM inlines it:
+                # through _sum_in they ran 1.5x slower
+                lo, hi = ws[ow], we[ow]
+                if hi - lo <= _PARTIAL:
+                    s = np.float64(_partial(row, lo, hi))
+                else:
+                    s = _sum_in(row, lo, hi)
+                orow[ow] = s / (hi - lo)
         elif nrows <= _PARTIAL and d1 - d0 == 1:
             # column sums of the window's rows in the data type (float32: no conversions
             # in the long loop; at most 1024 values each), each cell's added in float64
@@ -531,7 +538,7 @@ def _avg_fwd_planar_part(t, nt, x, out, D, H, W):
                 for w in range(W):
                     cbuf[w] += xp[np.uint64(lo + w)]
             for ow in range(Wo):
-                s = _sum(cbuf[ws[ow] : we[ow]])
+                s = _sum(cbuf, ws[ow], we[ow])
                 orow[ow] = s / (nrows * (we[ow] - ws[ow]))
         else:  # add the window's rows into one row, then sum its column windows
             if d1 - d0 > 1 and HW <= _DEPTH_SUM_MAX:
@@ -560,7 +567,7 @@ def _avg_fwd_planar_part(t, nt, x, out, D, H, W):
                             for w in range(W):
                                 buf[w] += row[w]
             for ow in range(Wo):
-                s = _sum(buf[ws[ow] : we[ow]])
+                s = _sum(buf, ws[ow], we[ow])
                 orow[ow] = s / (nrows * (we[ow] - ws[ow]))
         n, c, od, oh = _next(n, c, od, oh, C, Do, Ho)
 
@@ -656,6 +663,40 @@ def _pair(x, i, C, j):
     return x[np.uint64(i + j)] + x[np.uint64(i + C + j)]
 
 
+@njit(inline="always")
+def _avg_cl_row(x, part, i, nw, C, m):
+    """``part[:m]``: the sum of the ``nw`` > 2 positions of the row at ``x[i]``, in x's
+    precision and in order: two positions, then passes over ``part`` of eight, four, two
+    and one. A pass streams from up to eight places at once and costs a load and a store
+    of ``part``: fewer passes ran 7x7 global windows (one merged row of 49) 1.05x faster.
+    (Choosing one or two first positions for fewest passes made rows of 8 1.1x slower.)"""
+    for j in range(m):
+        part[j] = _pair(x, i, C, j)
+    w = 2 + (nw - 2) // 8 * 8
+    for v in range(2, w, 8):
+        q = i + v * C
+        for j in range(m):
+            part[j] = (part[j] + x[np.uint64(q + j)] + x[np.uint64(q + C + j)]
+                       + x[np.uint64(q + 2 * C + j)] + x[np.uint64(q + 3 * C + j)]
+                       + x[np.uint64(q + 4 * C + j)] + x[np.uint64(q + 5 * C + j)]
+                       + x[np.uint64(q + 6 * C + j)] + x[np.uint64(q + 7 * C + j)])
+    if w + 4 <= nw:
+        q = i + w * C
+        for j in range(m):
+            part[j] = (part[j] + x[np.uint64(q + j)] + x[np.uint64(q + C + j)]
+                       + x[np.uint64(q + 2 * C + j)] + x[np.uint64(q + 3 * C + j)])
+        w += 4
+    if w + 2 <= nw:
+        q = i + w * C
+        for j in range(m):
+            part[j] = part[j] + x[np.uint64(q + j)] + x[np.uint64(q + C + j)]
+        w += 2
+    if w < nw:
+        q = i + w * C
+        for j in range(m):
+            part[j] += x[np.uint64(q + j)]
+
+
 @njit(error_model="numpy")
 def _avg_cl_window(x, dst, at, acc, part, n, d0, d1, h0, h1, w0, nw, c0, m, scale, D, H, W, C):
     """One cell of :func:`_avg_fwd_cl_part`, any window: each window row summed in x's
@@ -669,18 +710,7 @@ def _avg_cl_window(x, dst, at, acc, part, n, d0, d1, h0, h1, w0, nw, c0, m, scal
             # Unsigned indices: no wraparound check, and no slice to build per row.
             i = (((n * D + d) * H + h) * W + w0) * C + c0
             if nw > 2:
-                for j in range(m):
-                    part[j] = _pair(x, i, C, j)
-                w4 = 2 + (nw - 2) // 4 * 4
-                for w in range(2, w4, 4):  # four positions per pass, added in order
-                    q = i + w * C
-                    for j in range(m):
-                        part[j] = (part[j] + x[np.uint64(q + j)] + x[np.uint64(q + C + j)]
-                                   + x[np.uint64(q + 2 * C + j)]
-                                   + x[np.uint64(q + 3 * C + j)])
-                for w in range(w4, nw):
-                    for j in range(m):
-                        part[j] += x[np.uint64(i + w * C + j)]
+                _avg_cl_row(x, part, i, nw, C, m)
             r += 1
             # the row's sum is x[i + j] (+ x[i + C + j]) or part[j], in x's precision
             if r == 1 and r == rows:
@@ -748,6 +778,11 @@ def _avg_cl_long_rows(x, dst, at, acc, part, n, d0, d1, h0, h1, w0, nw, c0, m, s
         dst[np.uint64(at + j)] = acc[j] * scale
 
 
+#: Most positions of a window of whole rows that the channels-last average sums as one row
+#: (in the input's precision).
+_CL_MERGED = 64
+
+
 @_kernel("in", "any", "out", "int", "int", "int", "int")
 def _avg_fwd_cl(nt, x, out, oflat, D, H, W, cb):
     for t in prange(nt):
@@ -807,6 +842,10 @@ def _avg_fwd_cl_part(t, nt, x, out, oflat, D, H, W, cb):
                 for j in range(m):
                     dst[np.uint64(at + j)] = ((0.0 + _pair(x, i, C, j))
                                               + _pair(x, i2, C, j)) * scale
+        elif nw == W and de[od] - ds[od] == 1 and rows * W <= _CL_MERGED:
+            # whole rows: one run of positions, summed as one row (7x7 global windows: 1.1x)
+            _avg_cl_window(x, dst, at, acc, part, n, ds[od], ds[od] + 1, hs[oh], hs[oh] + 1,
+                           0, rows * W, c0, m, scale, D, H, W, C)
         elif nw <= _PARTIAL:
             _avg_cl_window(x, dst, at, acc, part, n, ds[od], de[od], hs[oh], he[oh], w0, nw,
                            c0, m, scale, D, H, W, C)
@@ -2004,7 +2043,7 @@ def _fwd_long_part(t, nt, x, out, indices, is_max):
                     for h in range(h0, h1):
                         row = x[n, c, d, h]
                         if hi - lo > _LONG_SPAN_SUM:
-                            s += _sum_in(row[lo:hi])
+                            s += _sum_in(row, lo, hi)
                         else:
                             for w in range(lo, hi):
                                 s += row[w]

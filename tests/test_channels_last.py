@@ -80,6 +80,29 @@ def test_forward_is_channels_first_transposed(backend, rng, dims, shape, osize, 
     assert_identical(x_last, before)  # input not modified
 
 
+WHOLE_ROWS = [
+    (2, (2, 9, 7, 7), 1),  # 49 positions, summed as one run
+    (2, (2, 9, 8, 5), (3, 1)),  # windows of 3-4 whole rows
+    (2, (2, 9, 13, 5), 1),  # 65 positions: row by row
+    (1, (2, 9, 40), 1),
+    (2, (1, 130, 6, 6), (2, 1)),  # blocks of channels
+]
+
+
+@pytest.mark.parametrize("dtype", (np.float32, np.float64))
+@pytest.mark.parametrize(("dims", "shape", "osize"), WHOLE_ROWS,
+                         ids=[f"{d}d-{'x'.join(map(str, s))}-{o}" for d, s, o in WHOLE_ROWS])
+def test_average_of_whole_row_windows(backend, rng, dims, shape, osize, dtype):
+    """Windows spanning whole rows: the channels-last average may sum their positions as
+    one run; the values are still the reference's and the channels-first result's."""
+    x = (rng.standard_normal(shape) + 3).astype(dtype)
+    expected = forward("avg", dims, x, osize, backend="numpy")[0]
+    last = forward("avg", dims, np.ascontiguousarray(to_last(x, dims)), osize, backend=backend,
+                   **CL)[0]
+    assert_close(last, to_last(expected, dims))
+    assert_close(forward("avg", dims, x, osize, backend=backend)[0], expected)
+
+
 @pytest.mark.parametrize("dtype", (np.float32, np.float64))
 @pytest.mark.parametrize(
     ("shape", "osize"),
