@@ -279,6 +279,19 @@ def _chunk(t, items, nt):
     return t * items // nt, (t + 1) * items // nt
 
 
+#: Groups of work items each thread takes, in turns with the others (see :func:`_group`).
+_ROUNDS = 8
+
+
+@njit(inline="always")
+def _group(items, nt):
+    """Items per group when threads take groups of ``items`` in turns, ``_ROUNDS`` each
+    rather than one contiguous share: the threads then stream neighbouring parts of the
+    input, not far halves (the channels-last global average of 256x2048x7x7 ran 1.04x
+    faster, measured with groups of 1 to 16 samples)."""
+    return max(1, -(-items // (nt * _ROUNDS)))
+
+
 @njit(inline="always")
 def _unravel(k, e2, e1, e0):
     i0 = k % e0
@@ -810,56 +823,58 @@ def _avg_fwd_cl_part(t, nt, x, out, oflat, D, H, W, cb):
     buf = np.empty(cb, out.dtype)
     direct = len(oflat) > 0
     dst = oflat if direct else buf
-    first, last = _chunk(t, blocks * cells, nt)
-    b = first // cells
-    k = first - b * cells
-    n, od, oh, ow = _unravel(k, Do, Ho, Wo)
-    for _ in range(first, last):
-        c0 = b * cb
-        m = min(cb, C - c0)
-        w0, w1 = ws[ow], we[ow]
-        nw = w1 - w0
-        rows = (de[od] - ds[od]) * (he[oh] - hs[oh])
-        scale = 1.0 / (rows * nw)
-        at = k * C + c0 if direct else 0
-        if rows <= 2 and nw <= 2:
-            # up to two rows of one or two positions (upsampling, small maps): one loop, the
-            # same sums in the same order as the general case (whose per-cell set-up of
-            # several loops costs more than the additions here)
-            i = (((n * D + ds[od]) * H + hs[oh]) * W + w0) * C + c0
-            i2 = i + (H * W * C if de[od] - ds[od] == 2 else W * C)  # the second row
-            if rows == 1 and nw == 1:
-                for j in range(m):
-                    dst[np.uint64(at + j)] = (0.0 + x[np.uint64(i + j)]) * scale
-            elif rows == 1:
-                for j in range(m):
-                    dst[np.uint64(at + j)] = (0.0 + _pair(x, i, C, j)) * scale
-            elif nw == 1:
-                for j in range(m):
-                    dst[np.uint64(at + j)] = ((0.0 + x[np.uint64(i + j)])
-                                              + x[np.uint64(i2 + j)]) * scale
+    total = blocks * cells
+    g = _group(total, nt)
+    for first in range(t * g, total, nt * g):
+        b = first // cells
+        k = first - b * cells
+        n, od, oh, ow = _unravel(k, Do, Ho, Wo)
+        for _ in range(first, min(first + g, total)):
+            c0 = b * cb
+            m = min(cb, C - c0)
+            w0, w1 = ws[ow], we[ow]
+            nw = w1 - w0
+            rows = (de[od] - ds[od]) * (he[oh] - hs[oh])
+            scale = 1.0 / (rows * nw)
+            at = k * C + c0 if direct else 0
+            if rows <= 2 and nw <= 2:
+                # up to two rows of one or two positions (upsampling, small maps): one loop, the
+                # same sums in the same order as the general case (whose per-cell set-up of
+                # several loops costs more than the additions here)
+                i = (((n * D + ds[od]) * H + hs[oh]) * W + w0) * C + c0
+                i2 = i + (H * W * C if de[od] - ds[od] == 2 else W * C)  # the second row
+                if rows == 1 and nw == 1:
+                    for j in range(m):
+                        dst[np.uint64(at + j)] = (0.0 + x[np.uint64(i + j)]) * scale
+                elif rows == 1:
+                    for j in range(m):
+                        dst[np.uint64(at + j)] = (0.0 + _pair(x, i, C, j)) * scale
+                elif nw == 1:
+                    for j in range(m):
+                        dst[np.uint64(at + j)] = ((0.0 + x[np.uint64(i + j)])
+                                                  + x[np.uint64(i2 + j)]) * scale
+                else:
+                    for j in range(m):
+                        dst[np.uint64(at + j)] = ((0.0 + _pair(x, i, C, j))
+                                                  + _pair(x, i2, C, j)) * scale
+            elif nw == W and de[od] - ds[od] == 1 and rows * W <= _CL_MERGED:
+                # whole rows: one run of positions, summed as one row (7x7 global windows: 1.1x)
+                _avg_cl_window(x, dst, at, acc, part, n, ds[od], ds[od] + 1, hs[oh], hs[oh] + 1,
+                               0, rows * W, c0, m, scale, D, H, W, C)
+            elif nw <= _PARTIAL:
+                _avg_cl_window(x, dst, at, acc, part, n, ds[od], de[od], hs[oh], he[oh], w0, nw,
+                               c0, m, scale, D, H, W, C)
             else:
+                _avg_cl_long_rows(x, dst, at, acc, part, n, ds[od], de[od], hs[oh], he[oh], w0, nw,
+                                  c0, m, scale, D, H, W, C)
+            if not direct:
+                o = out[n, c0 : c0 + m, od, oh, ow]
                 for j in range(m):
-                    dst[np.uint64(at + j)] = ((0.0 + _pair(x, i, C, j))
-                                              + _pair(x, i2, C, j)) * scale
-        elif nw == W and de[od] - ds[od] == 1 and rows * W <= _CL_MERGED:
-            # whole rows: one run of positions, summed as one row (7x7 global windows: 1.1x)
-            _avg_cl_window(x, dst, at, acc, part, n, ds[od], ds[od] + 1, hs[oh], hs[oh] + 1,
-                           0, rows * W, c0, m, scale, D, H, W, C)
-        elif nw <= _PARTIAL:
-            _avg_cl_window(x, dst, at, acc, part, n, ds[od], de[od], hs[oh], he[oh], w0, nw,
-                           c0, m, scale, D, H, W, C)
-        else:
-            _avg_cl_long_rows(x, dst, at, acc, part, n, ds[od], de[od], hs[oh], he[oh], w0, nw,
-                              c0, m, scale, D, H, W, C)
-        if not direct:
-            o = out[n, c0 : c0 + m, od, oh, ow]
-            for j in range(m):
-                o[j] = buf[j]
-        k += 1
-        n, od, oh, ow = _next(n, od, oh, ow, Do, Ho, Wo)
-        if n == N:
-            n, b, k = 0, b + 1, 0
+                    o[j] = buf[j]
+            k += 1
+            n, od, oh, ow = _next(n, od, oh, ow, Do, Ho, Wo)
+            if n == N:
+                n, b, k = 0, b + 1, 0
 
 
 @_kernel("in", "any", "out", "int", "int", "int", "int")
@@ -959,73 +974,76 @@ def _max_fwd_cl_part(t, nt, x, out, indices, oflat, iflat, itype, D, H, W, cb):
     direct = len(oflat) > 0
     vout = oflat if direct else vbuf
     iout = iflat if direct else ibuf
-    first, last = _chunk(t, blocks * cells, nt)
-    b = first // cells
-    k = first - b * cells
-    n, od, oh, ow = _unravel(k, Do, Ho, Wo)
-    item = first
-    while item < last:
-        c0 = b * cb
-        m = min(cb, C - c0)
-        nw = we[ow] - ws[ow]
-        rows = (de[od] - ds[od]) * (he[oh] - hs[oh])
-        if rows * nw > 2 and not (rows == 2 and nw == 2):
-            # the cells of this output row from here on that scan a window too (all of them
-            # for windows of three rows or more), up to the end of this thread's items
-            ow1 = ow + 1
-            while (ow1 < Wo and item + ow1 - ow < last
-                   and (rows > 2 or we[ow1] - ws[ow1] > 2)):
-                ow1 += 1
-            _max_cl_cells(x, best, where, n * D * H * W, ds[od], de[od], hs[oh], he[oh], ws,
-                          we, ow, ow1, c0, m, H, W, C)
-            for q in range(ow1 - ow):
-                at = (k + q) * C + c0 if direct else 0
-                for j in range(m):
-                    vout[np.uint64(at + j)] = best[np.uint64(q * m + j)]
-                    iout[np.uint64(at + j)] = where[np.uint64(q * m + j)]
+    total = blocks * cells
+    g = _group(total, nt)
+    for first in range(t * g, total, nt * g):
+        last = min(first + g, total)
+        b = first // cells
+        k = first - b * cells
+        n, od, oh, ow = _unravel(k, Do, Ho, Wo)
+        item = first
+        while item < last:
+            c0 = b * cb
+            m = min(cb, C - c0)
+            nw = we[ow] - ws[ow]
+            rows = (de[od] - ds[od]) * (he[oh] - hs[oh])
+            if rows * nw > 2 and not (rows == 2 and nw == 2):
+                # the cells of this output row from here on that scan a window too (all of them
+                # for windows of three rows or more), up to the end of this group of items
+                ow1 = ow + 1
+                while (ow1 < Wo and item + ow1 - ow < last
+                       and (rows > 2 or we[ow1] - ws[ow1] > 2)):
+                    ow1 += 1
+                _max_cl_cells(x, best, where, n * D * H * W, ds[od], de[od], hs[oh], he[oh], ws,
+                              we, ow, ow1, c0, m, H, W, C)
+                for q in range(ow1 - ow):
+                    at = (k + q) * C + c0 if direct else 0
+                    for j in range(m):
+                        vout[np.uint64(at + j)] = best[np.uint64(q * m + j)]
+                        iout[np.uint64(at + j)] = where[np.uint64(q * m + j)]
+                    if not direct:
+                        _store_cell(out, indices, vbuf, ibuf, n, c0, m, od, oh, ow + q)
+                done = ow1 - ow
+            else:
+                at = k * C + c0 if direct else 0
+                f0 = (ds[od] * H + hs[oh]) * W + ws[ow]  # the window's first position
+                f2 = f0 + (H * W if de[od] - ds[od] == 2 else W)  # its second row's, if it has one
+                i = (n * D * H * W + f0) * C + c0
+                if rows * nw == 1:
+                    for j in range(m):
+                        vout[np.uint64(at + j)] = x[np.uint64(i + j)]
+                        iout[np.uint64(at + j)] = f0
+                elif rows * nw == 2:  # positions f0 and f1, in scan order
+                    f1 = f0 + 1 if nw == 2 else f2
+                    i1 = i + (f1 - f0) * C
+                    for j in range(m):
+                        v, a = x[np.uint64(i + j)], x[np.uint64(i1 + j)]
+                        take = (a > v) | (a != a)
+                        vout[np.uint64(at + j)] = a if take else v
+                        iout[np.uint64(at + j)] = f1 if take else f0
+                else:  # two rows of two positions: f0, f0 + 1, f2, f2 + 1
+                    i2 = i + (f2 - f0) * C
+                    for j in range(m):
+                        v, p = x[np.uint64(i + j)], f0
+                        a = x[np.uint64(i + C + j)]
+                        take = (a > v) | (a != a)
+                        v, p = (a, f0 + 1) if take else (v, p)
+                        a = x[np.uint64(i2 + j)]
+                        take = (a > v) | (a != a)
+                        v, p = (a, f2) if take else (v, p)
+                        a = x[np.uint64(i2 + C + j)]
+                        take = (a > v) | (a != a)
+                        vout[np.uint64(at + j)] = a if take else v
+                        iout[np.uint64(at + j)] = f2 + 1 if take else p
                 if not direct:
-                    _store_cell(out, indices, vbuf, ibuf, n, c0, m, od, oh, ow + q)
-            done = ow1 - ow
-        else:
-            at = k * C + c0 if direct else 0
-            f0 = (ds[od] * H + hs[oh]) * W + ws[ow]  # the window's first position
-            f2 = f0 + (H * W if de[od] - ds[od] == 2 else W)  # its second row's, if it has one
-            i = (n * D * H * W + f0) * C + c0
-            if rows * nw == 1:
-                for j in range(m):
-                    vout[np.uint64(at + j)] = x[np.uint64(i + j)]
-                    iout[np.uint64(at + j)] = f0
-            elif rows * nw == 2:  # positions f0 and f1, in scan order
-                f1 = f0 + 1 if nw == 2 else f2
-                i1 = i + (f1 - f0) * C
-                for j in range(m):
-                    v, a = x[np.uint64(i + j)], x[np.uint64(i1 + j)]
-                    take = (a > v) | (a != a)
-                    vout[np.uint64(at + j)] = a if take else v
-                    iout[np.uint64(at + j)] = f1 if take else f0
-            else:  # two rows of two positions: f0, f0 + 1, f2, f2 + 1
-                i2 = i + (f2 - f0) * C
-                for j in range(m):
-                    v, p = x[np.uint64(i + j)], f0
-                    a = x[np.uint64(i + C + j)]
-                    take = (a > v) | (a != a)
-                    v, p = (a, f0 + 1) if take else (v, p)
-                    a = x[np.uint64(i2 + j)]
-                    take = (a > v) | (a != a)
-                    v, p = (a, f2) if take else (v, p)
-                    a = x[np.uint64(i2 + C + j)]
-                    take = (a > v) | (a != a)
-                    vout[np.uint64(at + j)] = a if take else v
-                    iout[np.uint64(at + j)] = f2 + 1 if take else p
-            if not direct:
-                _store_cell(out, indices, vbuf, ibuf, n, c0, m, od, oh, ow)
-            done = 1
-        for _ in range(done):
-            item += 1
-            k += 1
-            n, od, oh, ow = _next(n, od, oh, ow, Do, Ho, Wo)
-            if n == N:
-                n, b, k = 0, b + 1, 0
+                    _store_cell(out, indices, vbuf, ibuf, n, c0, m, od, oh, ow)
+                done = 1
+            for _ in range(done):
+                item += 1
+                k += 1
+                n, od, oh, ow = _next(n, od, oh, ow, Do, Ho, Wo)
+                if n == N:
+                    n, b, k = 0, b + 1, 0
 
 
 @njit(inline="always")
