@@ -287,8 +287,8 @@ _ROUNDS = 8
 def _group(items, nt):
     """Items per group when threads take groups of ``items`` in turns, ``_ROUNDS`` each
     rather than one contiguous share: the threads then stream neighbouring parts of the
-    input, not far halves (the channels-last global average of 256x2048x7x7 ran 1.04x
-    faster, measured with groups of 1 to 16 samples)."""
+    input, not far halves (global averages of 256x2048x7x7 ran 1.04x faster channels-last,
+    1.02x planar; groups of 1 to 16 samples did alike)."""
     return max(1, -(-items // (nt * _ROUNDS)))
 
 
@@ -501,15 +501,16 @@ def _avg_fwd_planar_part(t, nt, x, out, D, H, W):
     N, C, Do, Ho, Wo = out.shape
     HW = H * W
     if Do * Ho * Wo == 1:  # global pooling: nothing but a sum per plane
-        first, last = _chunk(t, N * C, nt)
-        _, _, n, c = _unravel(first, 1, N, C)
-        for p in range(first, last):
-            # (the test here, not in _sum_in: there LLVM made 7x7 planes 1.25x slower)
-            if D * HW <= _PARTIAL:
-                out[n, c, 0, 0, 0] = np.float64(_partial(x[p], 0, D * HW)) / (D * HW)
-            else:
-                out[n, c, 0, 0, 0] = _sum_in(x[p], 0, D * HW) / (D * HW)
-            _, _, n, c = _next(0, 0, n, c, 1, N, C)
+        g = _group(N * C, nt)
+        for first in range(t * g, N * C, nt * g):
+            _, _, n, c = _unravel(first, 1, N, C)
+            for p in range(first, min(first + g, N * C)):
+                # (the test here, not in _sum_in: there LLVM made 7x7 planes 1.25x slower)
+                if D * HW <= _PARTIAL:
+                    out[n, c, 0, 0, 0] = np.float64(_partial(x[p], 0, D * HW)) / (D * HW)
+                else:
+                    out[n, c, 0, 0, 0] = _sum_in(x[p], 0, D * HW) / (D * HW)
+                _, _, n, c = _next(0, 0, n, c, 1, N, C)
         return
     ds, de = _bounds(D, Do)
     hs, he = _bounds(H, Ho)
@@ -518,71 +519,73 @@ def _avg_fwd_planar_part(t, nt, x, out, D, H, W):
     cbuf = np.empty(W, x.dtype)
     dsum = np.empty(HW if D > 1 and HW <= _DEPTH_SUM_MAX else 0, np.float64)
     key = -1  # the (n, c, od) whose depth sums dsum holds
-    first, last = _chunk(t, N * C * Do * Ho, nt)
-    n, c, od, oh = _unravel(first, C, Do, Ho)
-    for _ in range(first, last):
-        xp, orow = x[n * C + c], out[n, c, od, oh]
-        d0, d1, h0, h1 = ds[od], de[od], hs[oh], he[oh]
-        nrows = (d1 - d0) * (h1 - h0)
-        if Wo == 1:  # whole rows: each d slab of the window is one contiguous span
-            s = 0.0
-            for d in range(d0, d1):
-                s += _sum_in(xp, d * HW + h0 * W, d * HW + h1 * W)
-            orow[0] = s / (nrows * W)
-        elif nrows == 1:
-            row = xp[d0 * HW + h0 * W : d0 * HW + h0 * W + W]
-            for ow in range(Wo):
-                # short windows (1d: 40 values) call _partial here, where LLVM inlines it:
-                # through _sum_in they ran 1.5x slower
-                lo, hi = ws[ow], we[ow]
-                if hi - lo <= _PARTIAL:
-                    s = np.float64(_partial(row, lo, hi))
-                else:
-                    s = _sum_in(row, lo, hi)
-                orow[ow] = s / (hi - lo)
-        elif nrows <= _PARTIAL and d1 - d0 == 1:
-            # column sums of the window's rows in the data type (float32: no conversions
-            # in the long loop; at most 1024 values each), each cell's added in float64
-            lo = d0 * HW + h0 * W
-            for w in range(W):
-                cbuf[w] = xp[np.uint64(lo + w)]
-            for _ in range(1, h1 - h0):
-                lo += W
-                for w in range(W):
-                    cbuf[w] += xp[np.uint64(lo + w)]
-            for ow in range(Wo):
-                s = _sum(cbuf, ws[ow], we[ow])
-                orow[ow] = s / (nrows * (we[ow] - ws[ow]))
-        else:  # add the window's rows into one row, then sum its column windows
-            if d1 - d0 > 1 and HW <= _DEPTH_SUM_MAX:
-                # several depth slices: add them once per (n, c, od) into a plane of float64
-                # sums (long vector loops); the window's rows are that plane's rows
-                if key != (n * C + c) * Do + od:
-                    key = (n * C + c) * Do + od
-                    for i in range(HW):
-                        dsum[i] = xp[np.uint64(d0 * HW + i)]
-                    for d in range(d0 + 1, d1):
-                        for i in range(HW):
-                            dsum[i] += xp[np.uint64(d * HW + i)]
-                for w in range(W):
-                    buf[w] = dsum[np.uint64(h0 * W + w)]
-                for h in range(h0 + 1, h1):
-                    for w in range(W):
-                        buf[w] += dsum[np.uint64(h * W + w)]
-            else:
-                row = xp[d0 * HW + h0 * W : d0 * HW + h0 * W + W]
-                for w in range(W):
-                    buf[w] = row[w]
+    items = N * C * Do * Ho
+    g = _group(items, nt)
+    for first in range(t * g, items, nt * g):
+        n, c, od, oh = _unravel(first, C, Do, Ho)
+        for _ in range(first, min(first + g, items)):
+            xp, orow = x[n * C + c], out[n, c, od, oh]
+            d0, d1, h0, h1 = ds[od], de[od], hs[oh], he[oh]
+            nrows = (d1 - d0) * (h1 - h0)
+            if Wo == 1:  # whole rows: each d slab of the window is one contiguous span
+                s = 0.0
                 for d in range(d0, d1):
-                    for h in range(h0, h1):
-                        if d != d0 or h != h0:
-                            row = xp[d * HW + h * W : d * HW + h * W + W]
-                            for w in range(W):
-                                buf[w] += row[w]
-            for ow in range(Wo):
-                s = _sum(buf, ws[ow], we[ow])
-                orow[ow] = s / (nrows * (we[ow] - ws[ow]))
-        n, c, od, oh = _next(n, c, od, oh, C, Do, Ho)
+                    s += _sum_in(xp, d * HW + h0 * W, d * HW + h1 * W)
+                orow[0] = s / (nrows * W)
+            elif nrows == 1:
+                row = xp[d0 * HW + h0 * W : d0 * HW + h0 * W + W]
+                for ow in range(Wo):
+                    # short windows (1d: 40 values) call _partial here, where LLVM inlines it:
+                    # through _sum_in they ran 1.5x slower
+                    lo, hi = ws[ow], we[ow]
+                    if hi - lo <= _PARTIAL:
+                        s = np.float64(_partial(row, lo, hi))
+                    else:
+                        s = _sum_in(row, lo, hi)
+                    orow[ow] = s / (hi - lo)
+            elif nrows <= _PARTIAL and d1 - d0 == 1:
+                # column sums of the window's rows in the data type (float32: no conversions
+                # in the long loop; at most 1024 values each), each cell's added in float64
+                lo = d0 * HW + h0 * W
+                for w in range(W):
+                    cbuf[w] = xp[np.uint64(lo + w)]
+                for _ in range(1, h1 - h0):
+                    lo += W
+                    for w in range(W):
+                        cbuf[w] += xp[np.uint64(lo + w)]
+                for ow in range(Wo):
+                    s = _sum(cbuf, ws[ow], we[ow])
+                    orow[ow] = s / (nrows * (we[ow] - ws[ow]))
+            else:  # add the window's rows into one row, then sum its column windows
+                if d1 - d0 > 1 and HW <= _DEPTH_SUM_MAX:
+                    # several depth slices: add them once per (n, c, od) into a plane of float64
+                    # sums (long vector loops); the window's rows are that plane's rows
+                    if key != (n * C + c) * Do + od:
+                        key = (n * C + c) * Do + od
+                        for i in range(HW):
+                            dsum[i] = xp[np.uint64(d0 * HW + i)]
+                        for d in range(d0 + 1, d1):
+                            for i in range(HW):
+                                dsum[i] += xp[np.uint64(d * HW + i)]
+                    for w in range(W):
+                        buf[w] = dsum[np.uint64(h0 * W + w)]
+                    for h in range(h0 + 1, h1):
+                        for w in range(W):
+                            buf[w] += dsum[np.uint64(h * W + w)]
+                else:
+                    row = xp[d0 * HW + h0 * W : d0 * HW + h0 * W + W]
+                    for w in range(W):
+                        buf[w] = row[w]
+                    for d in range(d0, d1):
+                        for h in range(h0, h1):
+                            if d != d0 or h != h0:
+                                row = xp[d * HW + h * W : d * HW + h * W + W]
+                                for w in range(W):
+                                    buf[w] += row[w]
+                for ow in range(Wo):
+                    s = _sum(buf, ws[ow], we[ow])
+                    orow[ow] = s / (nrows * (we[ow] - ws[ow]))
+            n, c, od, oh = _next(n, c, od, oh, C, Do, Ho)
 
 
 @_kernel("in", "any", "any", "in", "int", "int", "int")
