@@ -689,16 +689,18 @@ cdef inline Py_ssize_t _run_chunk(Py_ssize_t nbytes, bint dense) noexcept nogil:
     Up to 256 bytes (one pass of registers) every pass reads memory in order, so a window
     row is one pass. Wider positions are read in register-wide pieces, one stream per
     position of the pass. Where the positions hold nothing but the block's channels
-    (``dense``: an input row is one run) and are 2 KB or more, one position per pass reads
-    the row in order, which the prefetcher follows best (7x7 windows of 2048 floats,
-    32x32 of 512-2048 floats 1.1-1.25x faster than 12 per pass); else up to 12 positions
-    per pass, 12 streams (narrower positions, or slices of them: 1.1-1.3x faster than one
-    by one for 11x11 to 22x22 windows of 256-512 floats, 0.5x of the time for 100x100
-    planes pooled to 3x3 in slices of 128 of 512 channels)."""
+    (``dense``: an input row is one run) and are 2 KB or more, four positions per pass:
+    how many streams the memory serves best differs between hosts (on an AMD Zen 5 VM one
+    position per pass ran 7x7 windows of 2048 floats and 32x32 of 512-2048 floats 1.1-1.25x
+    faster than 12; on an Intel Xeon VM one per pass ran the 7x7 windows 1.2x slower than
+    4, 8 or 16, which tied, and 64x64 windows of 512 floats 1.04x slower); else up to 12
+    positions per pass, 12 streams (narrower positions, or slices of them: 1.1-1.3x faster
+    than one by one for 11x11 to 22x22 windows of 256-512 floats, 0.5x of the time for
+    100x100 planes pooled to 3x3 in slices of 128 of 512 channels)."""
     if nbytes <= 256:
         return 1 << 30
     if dense and nbytes >= 2048:
-        return 1
+        return 4
     return 12
 
 
