@@ -536,7 +536,7 @@ def _avg_fwd_planar_part(t, nt, x, out, D, H, W):
                 row = xp[d0 * HW + h0 * W : d0 * HW + h0 * W + W]
                 for ow in range(Wo):
                     # short windows (1d: 40 values) call _partial here, where LLVM inlines it:
-                    # through _sum_in they ran 1.5x slower
+                    # through _sum_in they ran 1.4x slower on two threads, 2.1x on one
                     lo, hi = ws[ow], we[ow]
                     if hi - lo <= _PARTIAL:
                         s = np.float64(_partial(row, lo, hi))
