@@ -127,13 +127,19 @@ def get(name: str):
     return backend
 
 
+#: What ``use_backend(None)`` puts in scope: no choice of its own, so the block resolves as if
+#: no ``use_backend`` were active (``set_backend``, then the environment, then automatic).
+_UNSCOPED = ""
+
+
 def _requested() -> str | None:
+    # ``or`` skips _UNSCOPED, and an empty FASTPOOL_BACKEND counts as unset
     return _context.get() or _default or os.environ.get(ENV_VAR) or None
 
 
 def resolve(backend: str | None, *, device: bool = False):
     """The backend object a call with ``backend=...`` uses for a host or device input."""
-    name = backend or _requested()
+    name = _requested() if backend is None else backend
     if name is not None:
         return get(name)
     if device:
@@ -186,8 +192,12 @@ def set_backend(name: str | None) -> None:
 
 
 @contextlib.contextmanager
-def use_backend(name: str) -> Iterator[str]:
+def use_backend(name: str | None) -> Iterator[str]:
     """Use backend ``name`` inside a ``with`` block (scoped to the current thread/task).
+
+    ``None`` lifts the choice of any enclosing ``use_backend`` for the block: calls then go
+    by :func:`set_backend`, ``$FASTPOOL_BACKEND`` or the automatic choice. The ``as`` target
+    is the name calls resolve to when the block starts.
 
     Examples
     --------
@@ -196,9 +206,10 @@ def use_backend(name: str) -> Iterator[str]:
     ...     fastpool.adaptive_avg_pool1d(np.arange(4.0).reshape(1, 4), 2)
     array([[0.5, 2.5]])
     """
-    get(name)
-    token = _context.set(name)
+    if name is not None:
+        get(name)
+    token = _context.set(_UNSCOPED if name is None else name)
     try:
-        yield name
+        yield get_backend()
     finally:
         _context.reset(token)

@@ -89,6 +89,8 @@ def array_meta(x, name: str) -> tuple[tuple[int, ...], np.dtype]:
 
 def as_host_array(x, name: str) -> np.ndarray:
     """Turn ``x`` into an ndarray (no copy for ndarrays), rejecting what cannot be one."""
+    if isinstance(x, np.ma.MaskedArray):
+        raise TypeError(_MASKED.format(name=name))
     if isinstance(x, np.ndarray):
         return x
     if x is None or isinstance(x, (str, bytes, dict, set)):
@@ -97,6 +99,13 @@ def as_host_array(x, name: str) -> np.ndarray:
         return np.asarray(x)
     except Exception as exc:
         raise TypeError(f"{name} must be an array; got {type(x).__name__}: {exc}") from exc
+
+
+#: A masked array's mask would be ignored (every element pooled), so it is refused.
+_MASKED = (
+    "{name} is a masked array; fastpool pools every element and cannot honour a mask: pass "
+    "{name}.filled(value) (e.g. -inf for max pooling) or {name}.data"
+)
 
 
 def check_dtype(dtype: np.dtype, name: str) -> np.dtype:
@@ -137,6 +146,8 @@ def normalize_output_size(output_size, dims: int, in_spatial: tuple[int, ...]) -
     """Resolve ``output_size`` to a tuple of ``dims`` non-negative ints (None -> input size)."""
     if type(output_size) is int and output_size >= 0:  # the common case, checked cheaply
         return (output_size,) * dims
+    if isinstance(output_size, np.ndarray) and output_size.ndim == 1:
+        output_size = tuple(output_size.tolist())  # e.g. a shape computed with numpy
     if isinstance(output_size, (list, tuple)):
         entries = tuple(output_size)
         if len(entries) != dims:
@@ -351,6 +362,8 @@ def check_out(out, shape, dtype, name: str = "out") -> np.ndarray:
     """``out=`` must be a writeable ndarray of exactly ``shape`` and ``dtype``."""
     if not isinstance(out, np.ndarray):
         raise TypeError(f"{name} must be a numpy.ndarray; got {type(out).__name__}")
+    if isinstance(out, np.ma.MaskedArray):
+        raise TypeError(_MASKED.format(name=name))
     if out.shape != tuple(shape) or out.dtype != np.dtype(dtype):
         raise ValueError(
             f"{name} must have shape {tuple(shape)} and dtype {np.dtype(dtype)}; "

@@ -54,9 +54,16 @@ def test_bad_output_size(backend, dims):
         fn(x, "3", backend=backend)
     with pytest.raises(ValueError, match=f"tuple of {dims} entries"):
         fn(x, (2,) * (dims + 1), backend=backend)
-    # accepted forms: numpy ints, None entries, lists
+    # accepted forms: numpy ints, None entries, lists, 1-d integer arrays
     assert fn(x, np.int64(2), backend=backend).shape == (2, 3) + (2,) * dims
     assert fn(x, [None] * dims, backend=backend).shape == x.shape
+    sizes = np.arange(1, dims + 1)
+    assert fn(x, sizes, backend=backend).shape == (2, 3) + tuple(range(1, dims + 1))
+    assert fn(x, sizes.astype(np.uint8), backend=backend).shape == (2, 3, *sizes.tolist())
+    with pytest.raises(TypeError, match="output_size entries"):
+        fn(x, sizes.astype(np.float64), backend=backend)
+    with pytest.raises(ValueError, match=f"tuple of {dims} entries"):
+        fn(x, np.arange(1, dims + 2), backend=backend)
 
 
 def test_not_an_array(backend):
@@ -72,6 +79,8 @@ def test_unknown_and_unusable_backends():
     x = _x(2)
     with pytest.raises(fastpool.BackendError, match="unknown backend 'nope'.*numpy"):
         fastpool.adaptive_avg_pool2d(x, 2, backend="nope")
+    with pytest.raises(fastpool.BackendError, match="unknown backend ''"):
+        fastpool.adaptive_avg_pool2d(x, 2, backend="")  # not the same as None
     assert issubclass(fastpool.BackendError, ValueError)
     with pytest.raises(fastpool.BackendError):
         fastpool.set_backend("nope")
@@ -290,3 +299,23 @@ def test_result_too_large_for_an_array_names_the_argument():
         fastpool.adaptive_max_pool2d(np.ones((2, 1, 3, 3)), (2**31, 2**31), True)
     with pytest.raises(ValueError, match=r"input_shape \(1, 1, 4611686018427387904\) asks"):
         fastpool.adaptive_avg_pool1d_backward(np.ones((1, 1, 3)), (1, 1, 2**62))
+
+
+@pytest.mark.parametrize("kind", ("avg", "max"))
+def test_masked_arrays_are_refused(backend, kind):
+    """A mask would be ignored (every element pooled): refused, with what to do instead."""
+    x = np.ma.masked_array(_x(2), mask=False)
+    x.mask[0, 0, 0, 0] = True
+    with pytest.raises(TypeError, match=r"x is a masked array.*x\.filled"):
+        forward(kind, 2, x, 2, backend=backend)
+    y, idx = forward(kind, 2, x.data, 2, backend=backend)
+    out = np.ma.masked_array(np.zeros_like(y), mask=False)
+    with pytest.raises(TypeError, match="out is a masked array"):
+        FORWARD["avg", 2](x.data, 2, backend=backend, out=out)
+    assert not out.data.any()
+    grad = np.ma.masked_array(np.ones_like(y), mask=False)
+    with pytest.raises(TypeError, match="grad_output is a masked array"):
+        backward(kind, 2, grad, idx, x.shape, backend=backend)
+    if kind == "max":
+        with pytest.raises(TypeError, match="indices is a masked array"):
+            backward(kind, 2, grad.data, np.ma.masked_array(idx), x.shape, backend=backend)

@@ -111,3 +111,22 @@ def test_info_command_reports_a_bad_backend_setting():
     ).stdout
     assert "default for host arrays: none: unknown backend 'bogus'" in out
     assert "FASTPOOL_BACKEND=bogus" in out
+
+
+def test_use_backend_none_lifts_the_enclosing_choice(monkeypatch):
+    """``use_backend(None)``: the block goes by set_backend, the environment, then automatic."""
+    monkeypatch.delenv("FASTPOOL_BACKEND", raising=False)
+    auto = fastpool.get_backend()
+    with fastpool.use_backend("numpy"):
+        with fastpool.use_backend(None) as name:
+            assert name == auto == fastpool.get_backend()
+            monkeypatch.setenv("FASTPOOL_BACKEND", "numpy")
+            assert fastpool.get_backend() == "numpy"
+            monkeypatch.delenv("FASTPOOL_BACKEND")
+        assert fastpool.get_backend() == "numpy"
+    fastpool.set_backend("numpy")
+    try:
+        with fastpool.use_backend(None) as name:
+            assert name == "numpy"
+    finally:
+        fastpool.set_backend(None)
