@@ -10,7 +10,7 @@ PIP_FLAGS ?= -q --disable-pip-version-check
 # Test environment: editable install with every test dependency (PyTorch included).
 $(VENV)/.installed: pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install $(PIP_FLAGS) --upgrade pip "setuptools>=64" wheel "Cython>=3.0" "numpy>=2.0"
+	$(PY) -m pip install $(PIP_FLAGS) --upgrade pip "setuptools>=77" wheel "Cython>=3.0" "numpy>=2.0"
 	$(PY) -m pip install $(PIP_FLAGS) --no-build-isolation -e ".[test,bench,dask]"
 	touch $@
 
@@ -31,7 +31,7 @@ test: build
 # Demo environment: a plain (non-editable) install, as a user would have it, plus PyTorch to compare with.
 $(DEMO_VENV)/.installed: pyproject.toml setup.py
 	$(PYTHON) -m venv $(DEMO_VENV)
-	$(DEMO_VENV)/bin/python -m pip install $(PIP_FLAGS) --upgrade pip "setuptools>=64" wheel "Cython>=3.0" "numpy>=2.0"
+	$(DEMO_VENV)/bin/python -m pip install $(PIP_FLAGS) --upgrade pip "setuptools>=77" wheel "Cython>=3.0" "numpy>=2.0"
 	$(DEMO_VENV)/bin/python -m pip install $(PIP_FLAGS) "torch==2.13.0" matplotlib
 	touch $@
 
