@@ -24,6 +24,7 @@ import argparse
 import dataclasses
 import datetime as _dt
 import gc
+import glob
 import json
 import math
 import os
@@ -365,6 +366,7 @@ def measure(
     budget: float = 1.0,
     min_repeats: int = 5,
     max_repeats: int = 100,
+    cold: bool = False,
 ) -> Timing:
     """Median time of one call of ``runner`` (see :func:`measure_together`)."""
     return measure_together(
@@ -373,6 +375,7 @@ def measure(
         budget=budget,
         min_repeats=min_repeats,
         max_repeats=max_repeats,
+        cold=cold,
     )[0]
 
 
@@ -383,6 +386,7 @@ def measure_together(
     budget: float = 1.0,
     min_repeats: int = 5,
     max_repeats: int = 100,
+    cold: bool = False,
 ) -> list[Timing]:
     """Median time of one call of each runner, their samples taken in turns.
 
@@ -391,6 +395,11 @@ def measure_together(
     turns, every runner sees the same conditions. Each sample lasts at least 2 ms (tiny
     cases run several calls per sample) so that timer resolution and call overhead do not
     decide the result; each runner gets ``budget`` seconds of samples, within the repeats.
+
+    ``cold``: the CPU caches are emptied of the data before every sample of a host runner
+    (see :func:`evict_caches`), so a sample reads its input from memory. Otherwise a
+    cache large enough to hold the input keeps much of it between calls, and what a
+    runner finds there depends on the order in which the runner before it read the data.
     """
     warmup = [True] * len(runners) if warmup is None else list(warmup)
     gc_was_on = gc.isenabled()
@@ -406,17 +415,51 @@ def measure_together(
             inner.append(n)
             samples.append([first] if n == 1 else [])
             wanted.append(min(max_repeats, max(min_repeats, int(budget / (first * n)))))
+        if cold:  # the sizing samples above ran warm: start afresh
+            samples = [[] for _ in runners]
         for _ in range(max(wanted)):
             for i, runner in enumerate(runners):
                 if len(samples[i]) < wanted[i]:
+                    if cold and runner.device == "host":
+                        evict_caches()
                     samples[i].append(_sample(runner, inner[i]))
     finally:
         if gc_was_on:
             gc.enable()
-    return [
-        Timing(statistics.median(s), len(s) * n + (0 if n == 1 else 1))
+    return [  # the calls timed: the samples kept, and the sizing call if it is not one of them
+        Timing(statistics.median(s), len(s) * n + (0 if n == 1 and not cold else 1))
         for s, n in zip(samples, inner, strict=True)
     ]
+
+
+_evict_buffer: np.ndarray | None = None
+
+
+def evict_caches() -> None:
+    """Read a buffer of twice the last-level cache (at least 64 MiB): the cache then holds
+    that buffer, and whatever was timed next reads its data from memory. The buffer is
+    made on the first call and kept."""
+    global _evict_buffer
+    if _evict_buffer is None:
+        size = max(64 * 2**20, 2 * _last_level_cache_bytes())
+        _evict_buffer = np.ones(size // 8, dtype=np.float64)
+    _evict_buffer.sum()
+
+
+def _last_level_cache_bytes() -> int:
+    """The largest CPU cache (Linux sysfs), or 256 MiB where the system does not say."""
+    sizes = []
+    for path in glob.glob("/sys/devices/system/cpu/cpu0/cache/index*/size"):
+        try:
+            with open(path) as f:
+                text = f.read().strip()
+        except OSError:
+            continue
+        scale = {"K": 2**10, "M": 2**20, "G": 2**30}.get(text[-1:].upper(), 1)
+        digits = text[:-1] if scale != 1 else text
+        if digits.isdigit():
+            sizes.append(int(digits) * scale)
+    return max(sizes) if sizes else 256 * 2**20
 
 
 def _sample(runner: Runner, inner: int) -> float:
@@ -505,6 +548,9 @@ class Settings:
 
 
 FULL = Settings()
+#: Most samples per measurement with ``--cold``, and the least bytes a case moves to be timed
+#: cold (more than the cores' own caches hold).
+COLD_REPEATS, COLD_MIN_BYTES = 15, 16 * 2**20
 QUICK = Settings(
     budget=0.1,
     min_repeats=2,
@@ -525,12 +571,20 @@ def run(
     settings: Settings = FULL,
     threads: int | None = None,
     progress: bool = True,
+    cold: bool = False,
 ) -> dict:
-    """Time every (case, op, backend) and return the results (the ``--json`` document)."""
+    """Time every (case, op, backend) and return the results (the ``--json`` document).
+
+    ``cold``: every sample of a case that moves :data:`COLD_MIN_BYTES` or more reads its data
+    from memory (see :func:`measure_together`), with at most :data:`COLD_REPEATS` samples
+    per measurement, as each costs a pass over a buffer twice the size of the last-level
+    cache. Smaller cases run warm: their data fit the cores' own caches, and a sample of
+    many short calls after the pause of an eviction would time waking the threads."""
     dtype = np.dtype(dtype)
     threads = threads or _cpu_count()
     took = set_threads(threads, backends)
     meta = _meta(dtype, threads, took, settings)
+    meta["cold"] = cold
     meta["copy_gbps"] = {"host": copy_bandwidth(3 if settings is not FULL else 7)}
     if "cuda" in backends:
         meta["copy_gbps"]["cuda"] = device_copy_bandwidth()
@@ -539,6 +593,10 @@ def run(
     for case in cases:
         data = CaseData(case, dtype)
         for op in ops:
+            cold_op = cold and case.traffic(op, dtype.itemsize) >= COLD_MIN_BYTES
+            max_repeats = settings.max_repeats
+            if cold_op:
+                max_repeats = min(max_repeats, COLD_REPEATS)
             together: list[tuple[str, Runner]] = []
             for backend in backends:
                 if bar:
@@ -556,6 +614,7 @@ def run(
                             min_repeats=1,
                             max_repeats=settings.numpy_repeats,
                             budget=settings.budget,
+                            cold=cold_op,
                         )
                         results.append(_row(case, op, backend, runner, t, dtype, meta))
                         continue
@@ -577,7 +636,8 @@ def run(
                     warmup=[False] * len(together),
                     budget=settings.budget,
                     min_repeats=settings.min_repeats,
-                    max_repeats=settings.max_repeats,
+                    max_repeats=max_repeats,
+                    cold=cold_op,
                 )
                 for (backend, runner), t in zip(together, timings, strict=True):
                     results.append(_row(case, op, backend, runner, t, dtype, meta))
@@ -707,6 +767,11 @@ def format_table(doc: dict) -> str:
     ]
     if meta["mode"] != "full":
         lines.append(f"  {meta['mode']}")
+    if meta.get("cold"):
+        lines.append(
+            f"  cold: the CPU caches emptied before every sample of the cases that move "
+            f"{COLD_MIN_BYTES // 2**20} MiB or more"
+        )
     lines.append("  GB/s = minimum traffic (input + output [+ int64 indices]) / median time")
     head = (
         f"{'case':<26} {'op':<13} {'backend':<10} {'ms':>9} {'GB/s':>6} {'%copy':>6}"
@@ -930,6 +995,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--layout", choices=("first", "last"), help="only channels-first/-last cases")
     p.add_argument("--quick", action="store_true", help="a subset of cases, fewer repeats")
+    p.add_argument(
+        "--cold",
+        action="store_true",
+        help="empty the CPU caches before every sample of cases that move "
+        f"{COLD_MIN_BYTES // 2**20} MiB or more (read a buffer of twice the last-level cache), "
+        f"so their data come from memory; at most {COLD_REPEATS} samples per measurement",
+    )
     p.add_argument("--no-torch", action="store_true", help="do not time PyTorch")
     p.add_argument("--no-numpy", action="store_true", help="do not time the numpy reference")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
@@ -1007,7 +1079,15 @@ def _run_from_args(args) -> dict | None:
         if "cuda" in backends and TORCH_CUDA not in backends:
             backends.append(TORCH_CUDA)
     settings = QUICK if args.quick else FULL
-    return run(cases, ops, backends, dtype=args.dtype, settings=settings, threads=args.threads)
+    return run(
+        cases,
+        ops,
+        backends,
+        dtype=args.dtype,
+        settings=settings,
+        threads=args.threads,
+        cold=args.cold,
+    )
 
 
 if __name__ == "__main__":

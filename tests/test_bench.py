@@ -43,6 +43,43 @@ def test_measure_warmup_call_is_not_counted():
     assert len(log) == t.calls + 1
 
 
+def test_cold_samples_each_follow_an_eviction(monkeypatch):
+    log: list[str] = []
+    monkeypatch.setattr(bench, "evict_caches", lambda: log.append("evict"))
+    runners = [_recording_runner(log, "a"), _recording_runner(log, "b")]
+    timings = bench.measure_together(
+        runners, warmup=[False, False], budget=0.0, min_repeats=3, max_repeats=3, cold=True
+    )
+    blocks = [name for i, name in enumerate(log) if i == 0 or log[i - 1] != name]
+    # the sizing calls, then each sample right after an eviction, in turns
+    assert blocks == ["a", "b"] + ["evict", "a", "evict", "b"] * 3
+    assert [t.calls for t in timings] == [log.count("a"), log.count("b")]
+
+
+def test_evict_caches_reads_twice_the_last_level_cache(monkeypatch):
+    assert bench._last_level_cache_bytes() > 0
+    monkeypatch.setattr(bench, "_evict_buffer", None)
+    monkeypatch.setattr(bench, "_last_level_cache_bytes", lambda: 48 * 2**20)
+    bench.evict_caches()
+    assert bench._evict_buffer.nbytes == 96 * 2**20
+    kept = bench._evict_buffer
+    bench.evict_caches()
+    assert bench._evict_buffer is kept  # made once
+
+
+def test_cold_run_is_recorded(monkeypatch):
+    evictions = []
+    monkeypatch.setattr(bench, "evict_caches", lambda: evictions.append(1))
+    cases = bench.select_cases(cases_regex=SMALL_CASE)
+    monkeypatch.setattr(bench, "COLD_MIN_BYTES", cases[0].traffic("avg", 4) + 1)
+    doc = bench.run(cases, ["avg"], ["numpy"], settings=TINY, threads=1, progress=False, cold=True)
+    assert doc["meta"]["cold"] and not evictions  # a case smaller than that runs warm
+    assert "cold: the CPU caches emptied" in bench.format_table(doc)
+    monkeypatch.setattr(bench, "COLD_MIN_BYTES", cases[0].traffic("avg", 4))
+    bench.run(cases, ["avg"], ["numpy"], settings=TINY, threads=1, progress=False, cold=True)
+    assert evictions
+
+
 def test_run_document_and_speedups():
     cases = bench.select_cases(cases_regex=SMALL_CASE)
     assert [c.name for c in cases] == [SMALL_CASE]
