@@ -35,8 +35,8 @@ $(DEMO_VENV)/.installed: pyproject.toml setup.py
 	$(DEMO_VENV)/bin/python -m pip install $(PIP_FLAGS) "torch==2.13.0" matplotlib
 	touch $@
 
+# (pip reinstalls a local project on every install, so the demo runs the current source)
 demo: $(DEMO_VENV)/.installed
-	$(DEMO_VENV)/bin/python -m pip install $(PIP_FLAGS) --no-build-isolation --force-reinstall --no-deps .
 	$(DEMO_VENV)/bin/python -m pip install $(PIP_FLAGS) --no-build-isolation .
 	cd /tmp && $(CURDIR)/$(DEMO_VENV)/bin/python -m fastpool demo
 
