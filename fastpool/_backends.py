@@ -197,7 +197,7 @@ def use_backend(name: str | None) -> Iterator[str]:
 
     ``None`` lifts the choice of any enclosing ``use_backend`` for the block: calls then go
     by :func:`set_backend`, ``$FASTPOOL_BACKEND`` or the automatic choice. The ``as`` target
-    is the name calls resolve to when the block starts.
+    is ``name``.
 
     Examples
     --------
@@ -210,6 +210,6 @@ def use_backend(name: str | None) -> Iterator[str]:
         get(name)
     token = _context.set(_UNSCOPED if name is None else name)
     try:
-        yield get_backend()
+        yield name
     finally:
         _context.reset(token)

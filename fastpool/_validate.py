@@ -89,8 +89,7 @@ def array_meta(x, name: str) -> tuple[tuple[int, ...], np.dtype]:
 
 def as_host_array(x, name: str) -> np.ndarray:
     """Turn ``x`` into an ndarray (no copy for ndarrays), rejecting what cannot be one."""
-    if isinstance(x, np.ma.MaskedArray):
-        raise TypeError(_MASKED.format(name=name))
+    reject_masked(x, name)
     if isinstance(x, np.ndarray):
         return x
     if x is None or isinstance(x, (str, bytes, dict, set)):
@@ -101,11 +100,20 @@ def as_host_array(x, name: str) -> np.ndarray:
         raise TypeError(f"{name} must be an array; got {type(x).__name__}: {exc}") from exc
 
 
-#: A masked array's mask would be ignored (every element pooled), so it is refused.
-_MASKED = (
-    "{name} is a masked array; fastpool pools every element and cannot honour a mask: pass "
-    "{name}.filled(value) (e.g. -inf for max pooling) or {name}.data"
-)
+def reject_masked(a, name: str, *, output: bool = False) -> None:
+    """A masked array's mask would be ignored (every element used), so it is refused; ``a``
+    may also be a dask array of masked chunks (its ``_meta`` says so)."""
+    if isinstance(a, np.ma.MaskedArray) or isinstance(
+        getattr(a, "_meta", None), np.ma.MaskedArray
+    ):
+        if output:
+            advice = "pass a plain ndarray (a masked array's .data is written in place)"
+        else:
+            advice = (
+                "pass a plain ndarray: its .data, or .filled(value) to choose what the masked "
+                "elements hold"
+            )
+        raise TypeError(f"{name} is a masked array, whose mask fastpool would ignore; {advice}")
 
 
 def check_dtype(dtype: np.dtype, name: str) -> np.dtype:
@@ -146,7 +154,7 @@ def normalize_output_size(output_size, dims: int, in_spatial: tuple[int, ...]) -
     """Resolve ``output_size`` to a tuple of ``dims`` non-negative ints (None -> input size)."""
     if type(output_size) is int and output_size >= 0:  # the common case, checked cheaply
         return (output_size,) * dims
-    if isinstance(output_size, np.ndarray) and output_size.ndim == 1:
+    if type(output_size) is np.ndarray and output_size.ndim == 1:
         output_size = tuple(output_size.tolist())  # e.g. a shape computed with numpy
     if isinstance(output_size, (list, tuple)):
         entries = tuple(output_size)
@@ -362,8 +370,7 @@ def check_out(out, shape, dtype, name: str = "out") -> np.ndarray:
     """``out=`` must be a writeable ndarray of exactly ``shape`` and ``dtype``."""
     if not isinstance(out, np.ndarray):
         raise TypeError(f"{name} must be a numpy.ndarray; got {type(out).__name__}")
-    if isinstance(out, np.ma.MaskedArray):
-        raise TypeError(_MASKED.format(name=name))
+    reject_masked(out, name, output=True)
     if out.shape != tuple(shape) or out.dtype != np.dtype(dtype):
         raise ValueError(
             f"{name} must have shape {tuple(shape)} and dtype {np.dtype(dtype)}; "

@@ -182,6 +182,11 @@ def test_arguments_are_checked_when_the_graph_is_built():
         fastpool.adaptive_max_pool2d_backward(grad, None, x.shape)
     with pytest.raises(ValueError, match="batch and channel sizes"):
         fastpool.adaptive_avg_pool2d_backward(grad, (2, 4, 8, 8))
+    masked = da.ma.masked_array(x, mask=x < 0)  # chunks of masked arrays: their mask refused
+    with pytest.raises(TypeError, match="x is a masked array"):
+        fastpool.adaptive_max_pool2d(masked, 2)
+    with pytest.raises(TypeError, match="grad_output is a masked array"):
+        fastpool.adaptive_avg_pool2d_backward(da.ma.masked_array(grad, mask=grad < 0), x.shape)
 
 
 def test_lazy_out_of_bounds_indices_fail_at_compute():
