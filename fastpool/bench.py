@@ -34,6 +34,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -397,7 +398,8 @@ def measure_together(
     decide the result; each runner gets ``budget`` seconds of samples, within the repeats.
 
     ``cold``: the CPU caches are emptied of the data before every sample of a host runner
-    (see :func:`evict_caches`), so a sample reads its input from memory. Otherwise a
+    (see :func:`evict_caches`), and each such sample is one call, so a sample reads its
+    input from memory. Otherwise a
     cache large enough to hold the input keeps much of it between calls, and what a
     runner finds there depends on the order in which the runner before it read the data.
     """
@@ -412,11 +414,11 @@ def measure_together(
                 runner.sync()
             first = _sample(runner, 1)
             n = max(1, min(10_000, int(2e-3 / max(first, 1e-9))))
+            if cold and runner.device == "host":
+                n = 1  # one call per eviction: a second call would find the data cached
             inner.append(n)
-            samples.append([first] if n == 1 else [])
+            samples.append([first] if n == 1 and not cold else [])  # cold: the sizing ran warm
             wanted.append(min(max_repeats, max(min_repeats, int(budget / (first * n)))))
-        if cold:  # the sizing samples above ran warm: start afresh
-            samples = [[] for _ in runners]
         for _ in range(max(wanted)):
             for i, runner in enumerate(runners):
                 if len(samples[i]) < wanted[i]:
@@ -433,33 +435,49 @@ def measure_together(
 
 
 _evict_buffer: np.ndarray | None = None
+_evict_pool: ThreadPoolExecutor | None = None
+#: Bounds of the eviction buffer (twice the caches' total size within them).
+EVICT_MIN_BYTES, EVICT_MAX_BYTES = 64 * 2**20, 2**31
 
 
 def evict_caches() -> None:
-    """Read a buffer of twice the last-level cache (at least 64 MiB): the cache then holds
-    that buffer, and whatever was timed next reads its data from memory. The buffer is
-    made on the first call and kept."""
-    global _evict_buffer
+    """Read a buffer of twice the CPU caches' total size (64 MiB to 2 GiB), a part in each of
+    as many threads as this process has CPUs, so that the shared cache and every core's own
+    ones hold the buffer, and whatever is timed next reads its data from memory. The buffer
+    is made on the first call and kept."""
+    global _evict_buffer, _evict_pool
     if _evict_buffer is None:
-        size = max(64 * 2**20, 2 * _last_level_cache_bytes())
+        size = min(EVICT_MAX_BYTES, max(EVICT_MIN_BYTES, 2 * _cache_bytes()))
         _evict_buffer = np.ones(size // 8, dtype=np.float64)
-    _evict_buffer.sum()
+    parts = np.array_split(_evict_buffer, _cpu_count())
+    if len(parts) == 1:
+        np.sum(parts[0])
+        return
+    if _evict_pool is None or _evict_pool._max_workers != len(parts):
+        _evict_pool = ThreadPoolExecutor(len(parts), thread_name_prefix="fastpool-evict")
+    list(_evict_pool.map(np.sum, parts))  # numpy's sum lets go of the GIL
 
 
-def _last_level_cache_bytes() -> int:
-    """The largest CPU cache (Linux sysfs), or 256 MiB where the system does not say."""
-    sizes = []
-    for path in glob.glob("/sys/devices/system/cpu/cpu0/cache/index*/size"):
+def _cache_bytes() -> int:
+    """The total size of the CPU data caches, each shared cache counted once (Linux sysfs),
+    or 256 MiB where the system does not say."""
+    seen: dict[tuple[str, str, str], int] = {}
+    for index in glob.glob("/sys/devices/system/cpu/cpu*/cache/index*"):
         try:
-            with open(path) as f:
-                text = f.read().strip()
+            fields = {}
+            for key in ("type", "level", "shared_cpu_list", "size"):
+                with open(os.path.join(index, key)) as f:
+                    fields[key] = f.read().strip()
         except OSError:
             continue
+        if fields["type"] == "Instruction":
+            continue
+        text = fields["size"]
         scale = {"K": 2**10, "M": 2**20, "G": 2**30}.get(text[-1:].upper(), 1)
         digits = text[:-1] if scale != 1 else text
         if digits.isdigit():
-            sizes.append(int(digits) * scale)
-    return max(sizes) if sizes else 256 * 2**20
+            seen[fields["level"], fields["type"], fields["shared_cpu_list"]] = int(digits) * scale
+    return sum(seen.values()) or 256 * 2**20
 
 
 def _sample(runner: Runner, inner: int) -> float:
@@ -998,9 +1016,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--cold",
         action="store_true",
-        help="empty the CPU caches before every sample of cases that move "
-        f"{COLD_MIN_BYTES // 2**20} MiB or more (read a buffer of twice the last-level cache), "
-        f"so their data come from memory; at most {COLD_REPEATS} samples per measurement",
+        help="empty the CPU caches before every sample (of one call) of cases that move "
+        f"{COLD_MIN_BYTES // 2**20} MiB or more, by reading a buffer of twice the caches' size "
+        f"on every CPU, so their data come from memory; at most {COLD_REPEATS} samples each",
     )
     p.add_argument("--no-torch", action="store_true", help="do not time PyTorch")
     p.add_argument("--no-numpy", action="store_true", help="do not time the numpy reference")

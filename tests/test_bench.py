@@ -50,21 +50,31 @@ def test_cold_samples_each_follow_an_eviction(monkeypatch):
     timings = bench.measure_together(
         runners, warmup=[False, False], budget=0.0, min_repeats=3, max_repeats=3, cold=True
     )
-    blocks = [name for i, name in enumerate(log) if i == 0 or log[i - 1] != name]
-    # the sizing calls, then each sample right after an eviction, in turns
-    assert blocks == ["a", "b"] + ["evict", "a", "evict", "b"] * 3
-    assert [t.calls for t in timings] == [log.count("a"), log.count("b")]
+    # the sizing calls, then samples of one call, each right after an eviction, in turns
+    assert log == ["a", "b"] + ["evict", "a", "evict", "b"] * 3
+    assert [t.calls for t in timings] == [4, 4]
 
 
-def test_evict_caches_reads_twice_the_last_level_cache(monkeypatch):
-    assert bench._last_level_cache_bytes() > 0
+def test_evict_caches_reads_twice_the_caches(monkeypatch):
+    assert bench._cache_bytes() > 0
     monkeypatch.setattr(bench, "_evict_buffer", None)
-    monkeypatch.setattr(bench, "_last_level_cache_bytes", lambda: 48 * 2**20)
-    bench.evict_caches()
-    assert bench._evict_buffer.nbytes == 96 * 2**20
+    monkeypatch.setattr(bench, "_cache_bytes", lambda: 48 * 2**20)
+    read = []
+    monkeypatch.setattr(bench.np, "sum", lambda a: read.append(a.nbytes))
+    for cpus in (1, 3):
+        read.clear()
+        monkeypatch.setattr(bench, "_cpu_count", lambda cpus=cpus: cpus)
+        bench.evict_caches()
+        assert bench._evict_buffer.nbytes == 96 * 2**20
+        assert len(read) == cpus and sum(read) == 96 * 2**20  # a part per CPU, all of it
     kept = bench._evict_buffer
     bench.evict_caches()
     assert bench._evict_buffer is kept  # made once
+    monkeypatch.setattr(bench, "_evict_buffer", None)
+    monkeypatch.setattr(bench, "_cache_bytes", lambda: 2**40)
+    monkeypatch.setattr(bench, "EVICT_MAX_BYTES", 128 * 2**20)
+    bench.evict_caches()
+    assert bench._evict_buffer.nbytes == 128 * 2**20  # capped
 
 
 def test_cold_run_is_recorded(monkeypatch):
