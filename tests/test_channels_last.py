@@ -85,6 +85,8 @@ WHOLE_ROWS = [
     (2, (2, 9, 8, 5), (3, 1)),  # windows of 3-4 whole rows
     (2, (2, 9, 13, 5), 1),  # 65 positions: row by row
     (1, (2, 9, 40), 1),
+    (1, (2, 9, 2049), 1),  # a row longer than 1024 positions: pieces of 1024, 1024 and 1
+    (1, (1, 5, 2051), 2),  # windows of 1026 positions: pieces of 1024 and 2
     (2, (1, 130, 6, 6), (2, 1)),  # blocks of channels
 ]
 
