@@ -399,43 +399,44 @@ def measure_together(
 
     ``cold``: the CPU caches are emptied of the data before every sample of a host runner
     (see :func:`evict_caches`), and each such sample is one call, so a sample reads its
-    input from memory. Otherwise a
-    cache large enough to hold the input keeps much of it between calls, and what a
-    runner finds there depends on the order in which the runner before it read the data.
+    input from memory. Otherwise a cache large enough to hold the input keeps much of it
+    between calls, and what a runner finds there depends on the order in which the runner
+    before it read the data.
     """
     warmup = [True] * len(runners) if warmup is None else list(warmup)
+    evict = [cold and runner.device == "host" for runner in runners]
     gc_was_on = gc.isenabled()
     gc.disable()  # a collection in the middle of a sample is noise, not the kernel's time
     try:
         inner, wanted, samples = [], [], []
-        for runner, warm in zip(runners, warmup, strict=True):
+        for runner, warm, cold_runner in zip(runners, warmup, evict, strict=True):
             if warm:  # JIT compilation, first-touch of caches and allocator pools
                 runner.call()
                 runner.sync()
             first = _sample(runner, 1)
             n = max(1, min(10_000, int(2e-3 / max(first, 1e-9))))
-            if cold and runner.device == "host":
+            if cold_runner:
                 n = 1  # one call per eviction: a second call would find the data cached
             inner.append(n)
-            samples.append([first] if n == 1 and not cold else [])  # cold: the sizing ran warm
+            samples.append([first] if n == 1 and not cold_runner else [])  # (that one ran warm)
             wanted.append(min(max_repeats, max(min_repeats, int(budget / (first * n)))))
         for _ in range(max(wanted)):
             for i, runner in enumerate(runners):
                 if len(samples[i]) < wanted[i]:
-                    if cold and runner.device == "host":
+                    if evict[i]:
                         evict_caches()
                     samples[i].append(_sample(runner, inner[i]))
     finally:
         if gc_was_on:
             gc.enable()
     return [  # the calls timed: the samples kept, and the sizing call if it is not one of them
-        Timing(statistics.median(s), len(s) * n + (0 if n == 1 and not cold else 1))
-        for s, n in zip(samples, inner, strict=True)
+        Timing(statistics.median(s), len(s) * n + (0 if n == 1 and not e else 1))
+        for s, n, e in zip(samples, inner, evict, strict=True)
     ]
 
 
 _evict_buffer: np.ndarray | None = None
-_evict_pool: ThreadPoolExecutor | None = None
+_evict_pool: tuple[int, ThreadPoolExecutor] | None = None  # (threads, the pool)
 #: Bounds of the eviction buffer (twice the caches' total size within them).
 EVICT_MIN_BYTES, EVICT_MAX_BYTES = 64 * 2**20, 2**31
 
@@ -453,9 +454,10 @@ def evict_caches() -> None:
     if len(parts) == 1:
         np.sum(parts[0])
         return
-    if _evict_pool is None or _evict_pool._max_workers != len(parts):
-        _evict_pool = ThreadPoolExecutor(len(parts), thread_name_prefix="fastpool-evict")
-    list(_evict_pool.map(np.sum, parts))  # numpy's sum lets go of the GIL
+    if _evict_pool is None or _evict_pool[0] != len(parts):
+        pool = ThreadPoolExecutor(len(parts), thread_name_prefix="fastpool-evict")
+        _evict_pool = len(parts), pool
+    list(_evict_pool[1].map(np.sum, parts))  # numpy's sum lets go of the GIL
 
 
 def _cache_bytes() -> int:
@@ -595,9 +597,9 @@ def run(
 
     ``cold``: every sample of a case that moves :data:`COLD_MIN_BYTES` or more reads its data
     from memory (see :func:`measure_together`), with at most :data:`COLD_REPEATS` samples
-    per measurement, as each costs a pass over a buffer twice the size of the last-level
-    cache. Smaller cases run warm: their data fit the cores' own caches, and a sample of
-    many short calls after the pause of an eviction would time waking the threads."""
+    per measurement, as each costs a pass over a buffer twice the size of the CPU caches.
+    Smaller cases run warm: their data fit the cores' own caches, and a sample of many short
+    calls after the pause of an eviction would time waking the threads."""
     dtype = np.dtype(dtype)
     threads = threads or _cpu_count()
     took = set_threads(threads, backends)
