@@ -126,9 +126,14 @@ _FLOAT16_PART = 16 << 20
 def _float16_parts(in5, out5):
     """Index tuples over the (N, C) axes of the 5-D arrays, each part's planes within
     ``_FLOAT16_PART`` bytes as float32. Parts of a batch pool as the whole does."""
-    n, c = in5[:2]
     plane = 4 * (in5[2] * in5[3] * in5[4] + out5[2] * out5[3] * out5[4])
-    planes = max(1, _FLOAT16_PART // plane)
+    return plane_parts(in5[0], in5[1], max(1, _FLOAT16_PART // plane))
+
+
+def plane_parts(n: int, c: int, planes: int) -> list[tuple[slice, ...]]:
+    """Index tuples over the (N, C) axes of ``n`` x ``c`` planes, in order, each part at
+    most ``planes`` planes (at least one): whole samples where ``planes`` holds one, else
+    runs of one sample's channels."""
     if planes >= c:
         step = planes // c
         return [(slice(i, i + step),) for i in range(0, n, step)]

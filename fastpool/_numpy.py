@@ -5,6 +5,10 @@ treats one spatial axis at a time. Along an axis, the (at most ``k``-long) windo
 gathered into a ``(..., O, k, ...)`` array with fancy indexing, padded entries masked out, and
 reduced — no Python loop over elements or output cells. Accumulation is in float64.
 
+Those gathers are copies, a few of them float64: a large array is pooled a block of planes
+at a time (see :func:`_blocks`), so that they stay a few tens of MB whatever its size. The
+planes are independent: a block's results are the whole array's.
+
 Why separable max is exact: the scan order is row-major (d, h, w). Reducing W first keeps, per
 row, the first maximum (or the last NaN); reducing H over those row results then picks the first
 row holding the maximum (or the last row holding a NaN), whose kept column is its first maximum
@@ -14,13 +18,40 @@ The same argument extends to D.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
+from ._host import plane_parts
 from ._windows import cover_arrays, window_arrays
 
 NATIVE_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
 _ACC = np.float64
 _SPATIAL_AXES = (4, 3, 2)  # reduce W, then H, then D
+_BACKWARD_AXES = (2, 3, 4)  # gather along D, then H, then W
+
+#: Most elements the gathers of one block of planes hold (16 MiB as float64).
+_BLOCK_ELEMENTS = 1 << 21
+
+
+def _gathered(src5, dst5, axes) -> int:
+    """Most elements the gathers of one plane hold, going from the spatial sizes of shape
+    ``src5`` to those of ``dst5`` one axis of ``axes`` at a time (windows of up to
+    ceil(I/O) + 1 elements)."""
+    sizes = list(src5)
+    most = math.prod(sizes[2:])
+    for a in axes:
+        sizes[a] = dst5[a] * (-(-src5[a] // dst5[a]) + 1)
+        most = max(most, math.prod(sizes[2:]))
+        sizes[a] = dst5[a]
+    return most
+
+
+def _blocks(src5, dst5, axes):
+    """Parts over the (N, C) planes of a kernel going from shape ``src5`` to ``dst5`` along
+    ``axes``, each within ``_BLOCK_ELEMENTS`` of gathers."""
+    per_plane = _gathered(src5, dst5, axes)
+    return plane_parts(src5[0], src5[1], max(1, _BLOCK_ELEMENTS // per_plane))
 
 
 def _gather(a: np.ndarray, axis: int, lo: np.ndarray, hi: np.ndarray):
@@ -36,6 +67,11 @@ def _gather(a: np.ndarray, axis: int, lo: np.ndarray, hi: np.ndarray):
 
 def avg_forward(x: np.ndarray, out: np.ndarray) -> None:
     """``out[n, c, od, oh, ow]`` = mean of the window of ``x``."""
+    for part in _blocks(x.shape, out.shape, _SPATIAL_AXES):
+        _avg_forward(x[part], out[part])
+
+
+def _avg_forward(x: np.ndarray, out: np.ndarray) -> None:
     acc = x
     count = np.ones((1, 1, 1, 1, 1), dtype=_ACC)
     for axis in _SPATIAL_AXES:
@@ -56,6 +92,11 @@ def _pick(seg: np.ndarray, axis: int) -> np.ndarray:
 
 def max_forward(x: np.ndarray, out: np.ndarray, indices: np.ndarray) -> None:
     """Window maximum (SPEC rules for ties, NaN, -inf) and its flat position in the plane."""
+    for part in _blocks(x.shape, out.shape, _SPATIAL_AXES):
+        _max_forward(x[part], out[part], indices[part])
+
+
+def _max_forward(x: np.ndarray, out: np.ndarray, indices: np.ndarray) -> None:
     _, _, d, h, w = x.shape
     vals = x
     flat = np.arange(d * h * w, dtype=np.int64).reshape(1, 1, d, h, w)
@@ -76,8 +117,13 @@ def avg_backward(grad_output: np.ndarray, grad_input: np.ndarray) -> None:
     """``grad_input[x]`` = sum over windows containing x of ``grad_output[w] / size(w)``.
 
     A gather: each input element sums the output cells covering it, one axis at a time."""
+    for part in _blocks(grad_output.shape, grad_input.shape, _BACKWARD_AXES):
+        _avg_backward(grad_output[part], grad_input[part])
+
+
+def _avg_backward(grad_output: np.ndarray, grad_input: np.ndarray) -> None:
     g = grad_output
-    for axis in (2, 3, 4):
+    for axis in _BACKWARD_AXES:
         size_in, size_out = grad_input.shape[axis], g.shape[axis]
         lo, hi = window_arrays(size_in, size_out)
         sizes = (hi - lo).astype(_ACC).reshape((1,) * axis + (-1,) + (1,) * (4 - axis))
@@ -90,6 +136,13 @@ def avg_backward(grad_output: np.ndarray, grad_input: np.ndarray) -> None:
 def max_backward(grad_output: np.ndarray, indices: np.ndarray, grad_input: np.ndarray) -> None:
     """``grad_input.plane[indices[o]] += grad_output[o]``, summed in output order
     (deterministic)."""
+    # one plane's sums and weights, and its output's positions
+    per_plane = math.prod(grad_input.shape[2:]) + 2 * math.prod(grad_output.shape[2:])
+    for part in plane_parts(*grad_input.shape[:2], max(1, _BLOCK_ELEMENTS // per_plane)):
+        _max_backward(grad_output[part], indices[part], grad_input[part])
+
+
+def _max_backward(grad_output: np.ndarray, indices: np.ndarray, grad_input: np.ndarray) -> None:
     n, c, d, h, w = grad_input.shape
     plane = d * h * w
     planes = n * c

@@ -232,6 +232,72 @@ def test_float16_in_parts_is_float32_rounded_once(compiled_backend, monkeypatch,
     assert (out == 7).all()
 
 
+# The numpy backend pools a large array a block of planes at a time: one plane per block
+# (runs of one sample's channels), or a few samples per block.
+@pytest.mark.parametrize("block", (1, 600), ids=("planes", "samples"))
+@pytest.mark.parametrize(("dims", "shape", "osize"), [
+    (1, (3, 4, 50), 7),
+    (2, (3, 5, 9, 7), (4, 11)),  # down one axis, up the other
+    (3, (2, 3, 4, 5, 6), (2, 3, 4)),
+])
+def test_numpy_backend_in_blocks_gives_the_whole_arrays_bits(monkeypatch, rng, dims, shape,
+                                                             osize, block):
+    import fastpool._numpy
+
+    data = {kind: _data(rng, shape, np.float64, hostile=kind == "max") for kind in KINDS}
+    whole = {kind: forward(kind, dims, data[kind], osize, backend="numpy") for kind in KINDS}
+    grad = rng.standard_normal(whole["avg"][0].shape)
+    whole_grads = {kind: backward(kind, dims, grad, whole[kind][1], shape, backend="numpy")
+                   for kind in KINDS}
+    monkeypatch.setattr(fastpool._numpy, "_BLOCK_ELEMENTS", block)
+    assert len(fastpool._numpy._blocks((3, 5, 1, 9, 7), (3, 5, 1, 4, 11), (4, 3, 2))) > 1
+    for kind in KINDS:
+        x = data[kind]
+        strided = np.moveaxis(np.moveaxis(x, 1, -1).copy(), -1, 1)  # channels-last memory
+        for a in (x, strided):
+            values, indices = forward(kind, dims, a, osize, backend="numpy")
+            assert_identical(values, whole[kind][0])
+            if kind == "max":
+                assert_identical(indices, whole[kind][1])
+        out = np.zeros(shape + (2,))[..., 0]  # a strided out=
+        got = backward(kind, dims, grad, whole[kind][1], shape, backend="numpy", out=out)
+        assert got is out
+        assert_identical(got, whole_grads[kind])
+
+
+@pytest.mark.parametrize("op", ("avg", "max", "avg_backward", "max_backward", "upsample"))
+def test_numpy_backend_temporaries_stay_within_a_block(monkeypatch, op):
+    """The numpy backend's temporaries (copies of gathered windows) are a block's, not the
+    whole array's: 8 MiB of input pooled with blocks of 2**15 elements peaks well under
+    the input's size (unblocked, twice or more of it)."""
+    import tracemalloc
+
+    import fastpool._numpy
+
+    monkeypatch.setattr(fastpool._numpy, "_BLOCK_ELEMENTS", 1 << 15)
+    x = np.random.default_rng(0).random((8, 16, 128, 128), dtype=np.float32)  # 8 MiB
+    osize = 7
+    if op == "upsample":  # 32 planes of 32x32 to 100x100: 1.2 MiB of results
+        x, osize = x[:2, :, :32, :32], 100
+    values, indices = forward("max", 2, x, osize, backend="numpy")
+    grad = np.ones_like(values)
+    run = {
+        "avg": lambda: forward("avg", 2, x, osize, backend="numpy"),
+        "max": lambda: forward("max", 2, x, osize, backend="numpy"),
+        "avg_backward": lambda: backward("avg", 2, grad, None, x.shape, backend="numpy"),
+        "max_backward": lambda: backward("max", 2, grad, indices, x.shape, backend="numpy"),
+        "upsample": lambda: forward("avg", 2, x, osize, backend="numpy"),
+    }[op]
+    tracemalloc.start()
+    try:
+        result = run()
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    result = result[0] if isinstance(result, tuple) else result
+    assert peak - result.nbytes < 2 << 20, peak  # results, plus under 2 MiB
+
+
 # Long float32 windows, data in [1, 1.001): one float32 accumulator per window (or per lane)
 # drifts by ~2e-4 over a million values, where float64 sums of float32 blocks stay near 1e-7.
 LONG_WINDOWS = [
