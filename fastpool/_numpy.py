@@ -6,8 +6,9 @@ gathered into a ``(..., O, k, ...)`` array with fancy indexing, padded entries m
 reduced — no Python loop over elements or output cells. Accumulation is in float64.
 
 Those gathers are copies, a few of them float64: a large array is pooled a block of planes
-at a time (see :func:`_blocks`), so that they stay a few tens of MB whatever its size. The
-planes are independent: a block's results are the whole array's.
+at a time (see :func:`_blocks`), so that they stay a few tens of MB however many planes it
+has (a block holds one plane at least). The planes are independent: a block's results are
+the whole array's.
 
 Why separable max is exact: the scan order is row-major (d, h, w). Reducing W first keeps, per
 row, the first maximum (or the last NaN); reducing H over those row results then picks the first
