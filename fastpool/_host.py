@@ -132,8 +132,8 @@ def _float16_parts(in5, out5):
 
 def plane_parts(n: int, c: int, planes: int) -> list[tuple[slice, ...]]:
     """Index tuples over the (N, C) axes of ``n`` x ``c`` planes, in order, each part at
-    most ``planes`` planes (at least one): whole samples where ``planes`` holds one, else
-    runs of one sample's channels."""
+    most ``planes`` planes (at least one): runs of whole samples where ``planes`` is at least
+    ``c``, else runs of one sample's channels."""
     if planes >= c:
         step = planes // c
         return [(slice(i, i + step),) for i in range(0, n, step)]

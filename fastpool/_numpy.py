@@ -31,7 +31,8 @@ _ACC = np.float64
 _SPATIAL_AXES = (4, 3, 2)  # reduce W, then H, then D
 _BACKWARD_AXES = (2, 3, 4)  # gather along D, then H, then W
 
-#: Most elements the gathers of one block of planes hold (16 MiB as float64).
+#: Most elements each gather of one block of planes holds (16 MiB as float64; a kernel keeps
+#: a few such arrays at once).
 _BLOCK_ELEMENTS = 1 << 21
 
 

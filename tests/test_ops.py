@@ -288,14 +288,53 @@ def test_numpy_backend_temporaries_stay_within_a_block(monkeypatch, op):
         "max_backward": lambda: backward("max", 2, grad, indices, x.shape, backend="numpy"),
         "upsample": lambda: forward("avg", 2, x, osize, backend="numpy"),
     }[op]
-    tracemalloc.start()
+    started = not tracemalloc.is_tracing()  # (a run under -X tracemalloc keeps its tracing)
+    if started:
+        tracemalloc.start()
     try:
+        tracemalloc.reset_peak()
+        before = tracemalloc.get_traced_memory()[0]
         result = run()
-        peak = tracemalloc.get_traced_memory()[1]
+        peak = tracemalloc.get_traced_memory()[1] - before
     finally:
-        tracemalloc.stop()
+        if started:
+            tracemalloc.stop()
     result = result[0] if isinstance(result, tuple) else result
     assert peak - result.nbytes < 2 << 20, peak  # results, plus under 2 MiB
+
+
+@pytest.mark.parametrize(("shape", "osize"), [
+    ((2, 3, 1, 128, 128), (1, 7, 7)),
+    ((2, 3, 1, 9, 7), (1, 20, 3)),  # up one axis, down the other
+    ((1, 2, 5, 6, 7), (3, 9, 2)),
+    ((1, 2, 1, 1, 100), (1, 1, 1)),
+])
+def test_numpy_backend_block_estimate_bounds_its_gathers(monkeypatch, shape, osize):
+    """``_gathered`` is at least the largest gather of one plane, forward and backward (the
+    block sizes rest on it)."""
+    import fastpool._numpy as fnp
+
+    sizes = []
+    real_gather = fnp._gather
+
+    def gather(a, *args):
+        result = real_gather(a, *args)
+        sizes.append(result[0].size // (a.shape[0] * a.shape[1]))
+        return result
+
+    monkeypatch.setattr(fnp, "_gather", gather)
+    out5 = shape[:2] + osize
+    x = np.random.default_rng(0).random(shape)
+    for run, src, dst, axes in (
+        (lambda: fnp.avg_forward(x, np.empty(out5)), shape, out5, fnp._SPATIAL_AXES),
+        (lambda: fnp.max_forward(x, np.empty(out5), np.empty(out5, np.int64)), shape, out5,
+         fnp._SPATIAL_AXES),
+        (lambda: fnp.avg_backward(np.ones(out5), np.empty(shape)), out5, shape,
+         fnp._BACKWARD_AXES),
+    ):
+        sizes.clear()
+        run()
+        assert 0 < max(sizes) <= fnp._gathered(src, dst, axes), (sizes, src, dst)
 
 
 # Long float32 windows, data in [1, 1.001): one float32 accumulator per window (or per lane)
