@@ -136,6 +136,31 @@ SMALL = [
 ]
 
 
+@pytest.mark.parametrize("dtype", (np.float32, np.float64))
+@pytest.mark.parametrize(("dims", "shape", "osize"), [
+    (1, (2, 3, 40), 13),  # short windows, scanned in place
+    (1, (2, 3, 40), 90),  # upsampling
+    (1, (2, 3, 100), 3),  # windows of more than 16: the vector scan
+    (2, (1, 2, 6, 50), (4, 2)),
+    (3, (1, 2, 3, 4, 40), (2, 3, 2)),
+])
+def test_long_axis_max_keeps_the_scan_rules(compiled_backend, monkeypatch, rng, dims, shape,
+                                            osize, dtype):
+    """The long-axis max forward, forced: ties to the first, the last NaN, all -inf to the
+    first element, in short and long windows, as the reference has them."""
+    module = importlib.import_module(f"fastpool._{compiled_backend}")
+    x = np.round(rng.standard_normal(shape) * 2) / 2  # many ties
+    mask = rng.random(shape)
+    x[mask < 0.08] = np.nan
+    x[(mask >= 0.08) & (mask < 0.3)] = -np.inf
+    x = x.astype(dtype)
+    values, indices = forward("max", dims, x, osize, backend="numpy")
+    monkeypatch.setattr(module, "_long_forward", lambda x, out: True)
+    long_values, long_indices = forward("max", dims, x, osize, backend=compiled_backend)
+    assert_identical(long_values, values)
+    assert_identical(long_indices, indices)
+
+
 @pytest.mark.parametrize("layout", ("first", "last"))
 @pytest.mark.parametrize(("dims", "shape", "osize"), SMALL,
                          ids=[f"{d}d-{'x'.join(map(str, s))}-{o}" for d, s, o in SMALL])
