@@ -2250,14 +2250,33 @@ def _writable(out):
     return out if out.flags.aligned else np.empty(out.shape, out.dtype)
 
 
+def _whole_planes(planes, rows_in, w, h, ho, rows):
+    """Whether the planar max backward takes whole planes (:func:`_max_bwd_plane`) rather
+    than slabs of ``rows`` of its ``rows_in`` rows of ``w`` (:func:`_max_bwd_planar`): where
+    a plane is one slab, and where there are planes enough to share among the threads and
+    the slabs are thinner than a window or a row is wider than a slab. A slab scans every
+    cell of the output rows that cover it, so a window of k rows is scanned about k / rows
+    times (64x2048 planes pooled to 8x256 2.7-3.4x, 40x2048 to 13x400 3.8x, 3x131072 to
+    5x131079 3.2x, 224x224 to 7x7 1.1x faster whole; 64x64 to 3x3, slabs of 32 rows for
+    windows of 22, 1.2x slower whole). Both give the same bits."""
+    if rows == rows_in:
+        return True
+    return (planes >= _PLANES_PER_THREAD * _thread_cap()
+            and (w > _SLAB or rows < -(-h // ho)))
+
+
+def _thread_cap():
+    """The most threads a call may get, to shape work with (asking numba for its current
+    count costs 1.5 us). Work shaped by it never changes the results."""
+    return _num_threads or numba.config.NUMBA_NUM_THREADS
+
+
 def _channel_block(x, out):
     """Channels per work item of the channels-last forward kernels: all, unless that leaves
     too few items to share among threads."""
     n, c = x.shape[:2]
     cells = n * out.shape[2] * out.shape[3] * out.shape[4]
-    # the most threads a call may get (asking numba for its current count costs 1.5 us;
-    # the block only shapes the work, never the results)
-    threads = _num_threads or numba.config.NUMBA_NUM_THREADS
+    threads = _thread_cap()
     if cells >= 4 * threads or c <= 64:
         return c
     blocks = min(-(-4 * threads // cells), -(-c // 64))
@@ -2344,7 +2363,7 @@ def _block(a, elems=0):
     cb = 128
     if elems:
         cb = max(32, min(cb, _SMALL_BYTES // (elems * a.itemsize)) // 8 * 8)
-    threads = _num_threads or numba.config.NUMBA_NUM_THREADS
+    threads = _thread_cap()
     per_sample = -(-threads // max(n, 1))  # blocks per sample for an item per thread
     cb = min(cb, max(8, (-(-c // per_sample) + 7) // 8 * 8))
     return min(c, cb)
@@ -2519,7 +2538,7 @@ def _backward(kind, inputs, grad_input, fresh=False):
             hits = _max_bwd_cl(work, *args, target, n, do, ho, wo, d, h, w)
         else:
             rows = max(1, min(_SLAB // w, d * h))
-            if rows == d * h and do * ho * wo > 1:  # whole planes, no slabs
+            if do * ho * wo > 1 and _whole_planes(n * c, d * h, w, h, ho, rows):
                 hits = _max_bwd_plane(work, *args, target, do * ho * wo)
             else:
                 hits = _max_bwd_planar(work, *args, target, do, ho, wo, d, h, w, rows)
@@ -2579,8 +2598,7 @@ def _scatter(work, go, ix, gi, sc, cells):
     at ``n * C * cells + c * sc + cell * sp``. Its buffer, a plane by a block of channels
     per thread, is kept below the size of the result where the block allows."""
     n, c = gi.shape[:2]
-    threads = _num_threads or numba.config.NUMBA_NUM_THREADS
-    cb = max(1, min(c, _SMALL_BLOCK, n * c // (2 * threads)))
+    cb = max(1, min(c, _SMALL_BLOCK, n * c // (2 * _thread_cap())))
     # (the kernel only uses the product of the output's axes)
     _max_bwd_small(work, go, ix, gi, _flat(gi), cells, 1, 1, sc, cb)
 
@@ -2597,6 +2615,9 @@ _WEIGHTS_MAX = 1 << 16
 
 #: Elements per slab of the planar max backward: it stays in L1 while cells add into it.
 _SLAB = 2048
+#: Planes per thread from which the planar max backward takes whole planes even where they
+#: are larger than a slab (fewer share unevenly: 3 planes on 2 threads ran 1.2x slower).
+_PLANES_PER_THREAD = 4
 
 
 def avg_backward(grad_output, grad_input):

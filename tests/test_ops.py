@@ -232,6 +232,39 @@ def test_float16_in_parts_is_float32_rounded_once(compiled_backend, monkeypatch,
     assert (out == 7).all()
 
 
+@pytest.mark.parametrize("where", ("forward", "anywhere"))
+@pytest.mark.parametrize(("dims", "shape", "osize"), [
+    (2, (2, 5, 40, 2100), (13, 400)),  # rows wider than a slab
+    (2, (3, 4, 64, 64), (3, 3)),  # slabs of 32 rows, windows of 22
+    (2, (2, 5, 300, 60), (7, 7)),  # slabs thinner than a window
+    (2, (2, 5, 3, 3000), (5, 3001)),  # upsampling
+    (3, (1, 9, 6, 40, 60), (2, 5, 3)),
+])
+def test_numba_planar_max_backward_slabs_and_whole_planes_agree(monkeypatch, rng, dims, shape,
+                                                                 osize, where):
+    """Numba's planar max backward, in slabs of rows or a whole plane at a time (chosen by
+    sizes and plane count; forced both ways here): the same bits, each element adding its
+    cells in output order, also for indices outside their cells' windows (the slabs'
+    fallback)."""
+    import fastpool
+
+    if "numba" not in fastpool.available_backends():
+        pytest.skip("numba is not usable here")
+    import fastpool._numba as nb
+
+    x = _data(rng, shape, np.float32)
+    values, indices = forward("max", dims, x, osize, backend="numpy")
+    if where == "anywhere":
+        indices = rng.integers(0, int(np.prod(shape[2:])), size=indices.shape)
+    grad = rng.standard_normal(values.shape).astype(np.float32)
+    results = []
+    for whole in (True, False):
+        monkeypatch.setattr(nb, "_whole_planes", lambda *args, whole=whole: whole)
+        results.append(backward("max", dims, grad, indices, shape, backend="numba"))
+    assert_identical(results[0], results[1])
+    assert_close(results[0], brute_max_backward(grad, indices, shape, dims), np.float32)
+
+
 # The numpy backend pools a large array a block of planes at a time: one plane per block
 # (runs of one sample's channels), or a few samples per block.
 @pytest.mark.parametrize("block", (1, 600), ids=("planes", "samples"))
