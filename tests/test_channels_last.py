@@ -310,6 +310,40 @@ def test_numba_small_map_average_same_bits_in_both_layouts(rng, shape, osize, dt
     assert_close(expected, forward("avg", 2, x, osize, backend="numpy")[0])
 
 
+@pytest.mark.parametrize("out", ("new", "c_order", "strided"))
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize(("dims", "shape", "osize"), [
+    (1, (2, 9, 40), 13),
+    (2, (4, 128, 28, 28), 14),
+    (2, (2, 130, 6, 6), 20),  # upsampling, a block of channels past 128
+    (3, (2, 16, 4, 9, 7), (2, 3, 5)),
+])
+def test_channels_last_memory_into_channels_first_results(backend, rng, dims, shape, osize, kind,
+                                                          out):
+    """Channels-last memory with the default data_format (a ``channels_last`` tensor's
+    ``.numpy()``): the channels-last kernels' results, stored channels-first, into a new
+    array, a C-order ``out=`` or a strided one."""
+    x = _data(rng, shape, kind, np.float32)
+    x_last = np.ascontiguousarray(to_last(x, dims))
+    x_mem = np.moveaxis(x_last, -1, 1)  # logical (N, C, ...), channels-last memory
+    expected, expected_indices = forward(kind, dims, x_last, osize, backend=backend, **CL)
+    kw = {}
+    if out != "new":
+        out_shape = np.moveaxis(expected, -1, 1).shape
+        pad = (slice(None),) * (len(out_shape) - 1) + (slice(None, None, 2),)
+        make = ((lambda dt: np.zeros(out_shape, dt)) if out == "c_order"
+                else (lambda dt: np.zeros(out_shape[:-1] + (2 * out_shape[-1],), dt)[pad]))
+        kw["out"] = (make(np.float32), make(np.int64)) if kind == "max" else make(np.float32)
+    values, indices = forward(kind, dims, x_mem, osize, backend=backend, **kw)
+    if out == "new":
+        assert values.flags.c_contiguous
+    assert_identical(values, np.moveaxis(expected, -1, 1))
+    if kind == "max":
+        assert_identical(indices, np.moveaxis(expected_indices, -1, 1))
+    if out != "new":
+        assert values is (kw["out"][0] if kind == "max" else kw["out"])
+
+
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize(("dims", "shape", "osize"), CASES, ids=IDS)
 def test_matches_torch(backend, rng, dims, shape, osize, kind):
