@@ -1691,32 +1691,6 @@ def _store_planes(res, out, oflat, n, c0, m):
                     k += 1
 
 
-@_kernel("in", "out", "int", "int")
-def _planar_from_cl(nt, src, dst, C, cells):
-    for t in prange(nt):
-        _planar_from_cl_part(np.int64(t), nt, src, dst, C, cells)
-
-
-#: Cells and channels per tile of :func:`_planar_from_cl`.
-_TILE = 32
-
-
-@njit(error_model="numpy")
-def _planar_from_cl_part(t, nt, src, dst, C, cells):
-    """``dst`` (N, C, cells) = ``src`` (N, cells, C), both flat and C-contiguous: tiles of
-    ``_TILE`` cells by ``_TILE`` channels, each read and written in cache."""
-    tiles = (cells + _TILE - 1) // _TILE
-    first, last = _chunk(t, len(src) // (C * cells) * tiles, nt)
-    for item in range(first, last):
-        n, k0 = item // tiles, item % tiles * _TILE
-        k1 = min(cells, k0 + _TILE)
-        for c0 in range(0, C, _TILE):
-            for c in range(c0, min(C, c0 + _TILE)):
-                at, src_at = (n * C + c) * cells, n * cells * C + c
-                for k in range(k0, k1):
-                    dst[np.uint64(at + k)] = src[np.uint64(src_at + k * C)]
-
-
 @_kernel("in", "any", "out", "int", "int", "int", "int", "int")
 def _avg_fwd_small(nt, x, out, oflat, D, H, W, sc, cb):
     for t in prange(nt):
@@ -2271,31 +2245,6 @@ _EMPTY = {dt: np.empty(0, dt) for dt in NATIVE_DTYPES}
 _EMPTY_POSITIONS = np.empty(0, np.int64)
 
 
-def _cl_result(out):
-    """Where the channels-last forward kernels write a result ``out`` (5-D): ``out`` itself
-    when it is channels-last memory, else a channels-last scratch of its size when ``out``
-    is C-contiguous (then stored by :func:`_cl_store`: writing each cell's channels along
-    the plane stride ran 4x slower, 88 against 21 us for 4x128x28x28 -> 14), else an
-    aligned temporary of ``out``'s own strides (:func:`_writable`)."""
-    if _channels_last(out) is None and out.flags.c_contiguous:
-        n, c, d, h, w = out.shape
-        return np.empty((n, d, h, w, c), out.dtype).transpose(0, 4, 1, 2, 3)
-    return _writable(out)
-
-
-def _cl_store(result, out):
-    """``out[...] = result`` for a result of :func:`_cl_result`."""
-    if result is out:
-        return
-    flat = _channels_last(result)
-    if flat is not None and out.flags.c_contiguous:
-        n, c = out.shape[:2]
-        cells = out.size // max(1, n * c)
-        _planar_from_cl(out.size, flat.reshape(-1), out.reshape(-1), c, cells)
-    else:
-        out[...] = result
-
-
 def _writable(out):
     """``out`` itself, or an aligned temporary to copy back (numba needs aligned arrays)."""
     return out if out.flags.aligned else np.empty(out.shape, out.dtype)
@@ -2473,11 +2422,11 @@ def avg_forward(x, out):
         cb = _block(x, (x.size + out.size) // planes)  # buffers: an input and an output plane
         _avg_fwd_small(x.size + out.size, flat, out, _flat(out), *x.shape[2:], sc, cb)
         return
+    target = _writable(out)
     channels_last, xv = _pick_layout(x)
     n, c, d, h, w = x.shape
     work = x.size + out.size
     if channels_last:
-        target = _cl_result(out)
         oflat = _channels_last(target)
         oflat = _EMPTY[x.dtype] if oflat is None else oflat.reshape(-1)
         if d > 1:  # volumes: by output rows (the choice depends on the spatial shape only)
@@ -2485,10 +2434,8 @@ def avg_forward(x, out):
             _avg_fwd_cl_rows(work, xv.reshape(-1), target, oflat, d, h, w, cb)
         else:
             _avg_fwd_cl(work, xv.reshape(-1), target, oflat, d, h, w, _channel_block(x, out))
-        _cl_store(target, out)
-        return
-    target = _writable(out)
-    _avg_fwd_planar(work, xv, target, d, h, w)
+    else:
+        _avg_fwd_planar(work, xv, target, d, h, w)
     if target is not out:
         out[...] = target
 
@@ -2511,12 +2458,12 @@ def max_forward(x, out, indices):
         _max_fwd_small(work, flat, out, indices, _flat(out), _flat(indices), itype, *x.shape[2:],
                        sc, _block(x))
         return
+    target, itarget = _writable(out), _writable(indices)
     channels_last, xv = _pick_layout(x)
     n, c, d, h, w = x.shape
     work = x.size + 2 * out.size
     if channels_last:
         cb = _channel_block(x, out)
-        target, itarget = _cl_result(out), _cl_result(indices)
         oflat, iflat = _channels_last(target), _channels_last(itarget)
         if oflat is None or iflat is None:
             oflat, iflat = _EMPTY[x.dtype], _EMPTY_POSITIONS
@@ -2525,11 +2472,8 @@ def max_forward(x, out, indices):
         _max_fwd_cl(
             work, xv.reshape(-1), target, itarget, oflat, iflat, _position_type(x), d, h, w, cb
         )
-        _cl_store(target, out)
-        _cl_store(itarget, indices)
-        return
-    target, itarget = _writable(out), _writable(indices)
-    _max_fwd_planar(work, xv, target, itarget, _position_type(x), d, h, w)
+    else:
+        _max_fwd_planar(work, xv, target, itarget, _position_type(x), d, h, w)
     if target is not out:
         out[...] = target
     if itarget is not indices:
