@@ -2065,14 +2065,7 @@ def _fwd_long_part(t, nt, x, out, indices, is_max):
                 bv, bi = x[n, c, d0, h0, lo], (d0 * H + h0) * W + lo
                 for d in range(d0, d1):
                     for h in range(h0, h1):
-                        if hi - lo <= _LONG_SPAN_SUM:  # in place: a row view per cell
-                            at = (d * H + h) * W  # took 2x the time (1d 2**17 -> 2**18)
-                            for w in range(lo, hi):
-                                v = x[n, c, d, h, w]
-                                if v > bv or v != v:
-                                    bv, bi = v, at + w
-                        else:
-                            bv, bi = _row_max(x[n, c, d, h], lo, hi, (d * H + h) * W, bv, bi)
+                        bv, bi = _row_max(x, n, c, d, h, lo, hi, (d * H + h) * W, bv, bi)
                 out[n, c, od, oh, ow], indices[n, c, od, oh, ow] = bv, bi
             else:
                 s = 0.0
@@ -2088,30 +2081,33 @@ def _fwd_long_part(t, nt, x, out, indices, is_max):
             lo, rem = nlo, nrem
 
 
-def _row_max(row, lo, hi, at, bv, bi):
-    """The best of ``(bv, bi)`` and ``row[lo:hi]`` (at positions ``at + w``), by the SPEC's
-    scan, the row scanned after ``bv``."""
+def _row_max(x, n, c, d, h, lo, hi, at, bv, bi):
+    """The best of ``(bv, bi)`` and ``x[n, c, d, h, lo:hi]`` (at positions ``at + w``), by the
+    SPEC's scan, the row scanned after ``bv``."""
     raise NotImplementedError("compiled only")  # pragma: no cover
 
 
 @njit(inline="always")
-def _scan_row(row, lo, hi, at, bv, bi):
+def _scan_row(x, n, c, d, h, lo, hi, at, bv, bi):
+    """:func:`_row_max` element by element, indexing ``x`` in place: a row view built per
+    window took 2x the time of short windows (1d 2**17 -> 2**18)."""
     for w in range(lo, hi):
-        v = row[w]
+        v = x[n, c, d, h, w]
         if v > bv or v != v:
             bv, bi = v, at + w
     return bv, bi
 
 
-@overload(_row_max)
-def _row_max_impl(row, lo, hi, at, bv, bi):
-    if row.layout != "C":
-        return lambda row, lo, hi, at, bv, bi: _scan_row(row, lo, hi, at, bv, bi)
+@overload(_row_max, inline="always")
+def _row_max_impl(x, n, c, d, h, lo, hi, at, bv, bi):
+    if x.layout != "C":
+        return lambda x, n, c, d, h, lo, hi, at, bv, bi: _scan_row(x, n, c, d, h, lo, hi, at, bv,
+                                                                   bi)
 
-    def contiguous(row, lo, hi, at, bv, bi):  # long spans: :func:`_max_span`'s vector scan
+    def contiguous(x, n, c, d, h, lo, hi, at, bv, bi):  # long spans: a vector scan
         if hi - lo <= _LONG_SPAN_SUM:
-            return _scan_row(row, lo, hi, at, bv, bi)
-        v, i = _max_span(row[lo:hi])
+            return _scan_row(x, n, c, d, h, lo, hi, at, bv, bi)
+        v, i = _max_span(x[n, c, d, h, lo:hi])
         if v > bv or v != v:
             return v, at + lo + i
         return bv, bi
