@@ -344,6 +344,68 @@ def test_channels_last_memory_into_channels_first_results(backend, rng, dims, sh
         assert values is (kw["out"][0] if kind == "max" else kw["out"])
 
 
+def _result_in(layout, shape, dtype):
+    """A zeroed ``out=`` array of logical ``shape`` (N, C, ...): C order, channels-last
+    memory, or every other element of a wider array."""
+    if layout == "c_order":
+        return np.zeros(shape, dtype)
+    if layout == "last":
+        return np.moveaxis(np.zeros(shape[:1] + shape[2:] + shape[1:2], dtype), -1, 1)
+    wide = np.zeros(shape[:-1] + (2 * shape[-1],), dtype)
+    return wide[..., ::2]
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+@pytest.mark.parametrize(("values_in", "indices_in"), [
+    ("c_order", "strided"), ("strided", "c_order"), ("last", "c_order"), ("c_order", "last"),
+])
+@pytest.mark.parametrize(("dims", "shape", "osize"), [
+    (2, (4, 64, 9, 9), 7),  # more cells per plane than a kernel holds before storing
+    (2, (2, 19, 5, 6), (3, 2)),  # a block of channels that is not a multiple of 4
+    (3, (2, 16, 4, 9, 7), (2, 3, 5)),
+])
+def test_channels_last_max_into_results_of_two_layouts(backend, rng, dims, shape, osize,
+                                                       values_in, indices_in, dtype):
+    """Channels-last memory pooled into an ``out=`` pair whose values and indices have
+    different layouts (float16 runs through a C-order float32 temporary for the values):
+    the channels-last data_format's bits in both."""
+    x = _data(rng, shape, "max", dtype)
+    x_last = np.ascontiguousarray(to_last(x, dims))
+    expected, expected_indices = forward("max", dims, x_last, osize, backend=backend, **CL)
+    out_shape = np.moveaxis(expected, -1, 1).shape
+    out = (_result_in(values_in, out_shape, dtype), _result_in(indices_in, out_shape, np.int64))
+    values, indices = forward("max", dims, np.moveaxis(x_last, -1, 1), osize, backend=backend,
+                              out=out)
+    assert values is out[0] and indices is out[1]
+    assert_identical(values, np.moveaxis(expected, -1, 1))
+    assert_identical(indices, np.moveaxis(expected_indices, -1, 1))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int64])
+def test_numba_transpose4_moves_a_block_of_four_by_four(rng, dtype):
+    """The vector transpose of the numba channels-last stores, at offsets and strides that
+    are not multiples of four, into the middle of a larger array (nothing else written)."""
+    if "numba" not in fastpool.available_backends():
+        pytest.skip("numba is not usable here")
+    from numba import njit
+
+    from fastpool._numba_simd import transpose4
+
+    @njit
+    def run(src, s, sstride, dst, d, dstride):
+        transpose4(src, s, sstride, dst, d, dstride)
+
+    src = (rng.standard_normal(200) * 1000).astype(dtype)
+    for s, sstride, d, dstride in [(0, 4, 0, 4), (3, 7, 5, 9), (1, 41, 2, 13), (10, 5, 0, 30)]:
+        dst = np.full(150, -7, dtype)
+        run(src, s, sstride, dst, d, dstride)
+        expected = np.full(150, -7, dtype)
+        for r in range(4):
+            for c in range(4):
+                expected[d + c * dstride + r] = src[s + r * sstride + c]
+        assert_identical(dst, expected)
+
+
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize(("dims", "shape", "osize"), CASES, ids=IDS)
 def test_matches_torch(backend, rng, dims, shape, osize, kind):
