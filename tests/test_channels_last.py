@@ -381,6 +381,50 @@ def test_channels_last_max_into_results_of_two_layouts(backend, rng, dims, shape
     assert_identical(indices, np.moveaxis(expected_indices, -1, 1))
 
 
+@pytest.mark.parametrize("out", ("new", "c_order"))
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize(("dims", "shape", "osize"), [
+    (1, (2, 9, 40), 13),
+    (2, (2, 16, 8, 8), 4),
+    (2, (2, 130, 6, 6), 20),  # upsampling, a channel count that is not a multiple of 4
+    (2, (3, 12, 9, 11), (5, 6)),
+    (3, (2, 16, 4, 6, 6), (3, 4, 5)),
+])
+def test_channels_last_gradient_into_channels_first_result(backend, rng, dims, shape, osize,
+                                                           kind, out):
+    """A channels-last grad_output (and indices) with the default data_format, the gradient
+    of a ``channels_last`` tensor: the channels_last data_format's bits, stored
+    channels-first into a new array or a C-order ``out=``."""
+    x_last = np.ascontiguousarray(to_last(_data(rng, shape, kind, np.float32), dims))
+    values, indices = forward(kind, dims, x_last, osize, backend=backend, **CL)
+    grad = rng.standard_normal(values.shape).astype(np.float32)
+    expected = backward(kind, dims, grad, indices, x_last.shape, backend=backend, **CL)
+    kw = {"out": np.zeros(shape, np.float32)} if out == "c_order" else {}
+
+    def mem(a):  # logical (N, C, ...), channels-last memory
+        return np.moveaxis(a, -1, 1)
+
+    ix = mem(indices) if kind == "max" else None
+    actual = backward(kind, dims, mem(grad), ix, shape, backend=backend, **kw)
+    assert actual.flags.c_contiguous
+    assert_identical(actual, np.moveaxis(expected, -1, 1))
+    if kind == "avg":
+        return
+    # indices from no forward pass (anywhere in the plane, repeated): the SPEC's scatter
+    plane = int(np.prod(shape[2:]))
+    scattered = rng.integers(0, plane, indices.shape)
+    actual = backward(kind, dims, mem(grad), mem(scattered), shape, backend=backend, **kw)
+    expected = brute_max_backward(np.moveaxis(grad, -1, 1), np.moveaxis(scattered, -1, 1),
+                                  shape, dims)
+    assert_close(actual, expected.astype(np.float32), np.float32)
+    if out == "c_order":  # a bad index: a ValueError, and out= as it was
+        before = kw["out"].copy()
+        scattered.flat[scattered.size // 2] = plane
+        with pytest.raises(ValueError, match="indices must lie in"):
+            backward(kind, dims, mem(grad), mem(scattered), shape, backend=backend, **kw)
+        assert_identical(kw["out"], before)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int64])
 def test_numba_transpose4_moves_a_block_of_four_by_four(rng, dtype):
     """The vector transpose of the numba channels-last stores, at offsets and strides that
