@@ -1558,6 +1558,8 @@ def _max_bwd_cl_part(t, nt, go, indices, gi, planar, N, Do, Ho, Wo, D, H, W):
     gof, ixf, gif = go.reshape(go.size), indices.reshape(indices.size), gi.reshape(gi.size)
     cds, cde = _bounds(Do, D)
     chs, che = _bounds(Ho, H)
+    tabled = W <= _LONG_AXIS
+    cws, cwe = _bounds(Wo, W if tabled else 0)
     col = np.empty(C, gi.dtype)
     row = np.empty(W * C if planar else 0, gi.dtype)
     dst = row if planar else gif
@@ -1569,9 +1571,12 @@ def _max_bwd_cl_part(t, nt, go, indices, gi, planar, N, Do, Ho, Wo, D, H, W):
         base = 0 if planar else ((n * D + d) * H + h) * W  # the row's first position in dst
         for w in range(W):
             flat = (d * H + h) * W + w
-            # the covering cells along W, computed (a table would be as long as the axis)
-            cw0 = _start(w, Wo, W)
-            nw = _end(w, Wo, W) - cw0
+            # the covering cells along W, from a table unless the axis is long
+            if tabled:
+                cw0, nw = cws[w], cwe[w] - cws[w]
+            else:
+                cw0 = _start(w, Wo, W)
+                nw = _end(w, Wo, W) - cw0
             rows = (cde[d] - cds[d]) * (che[h] - chs[h])
             at = (base + w) * C
             q = (((n * Do + cds[d]) * Ho + chs[h]) * Wo + cw0) * C  # first covering cell

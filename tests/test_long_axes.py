@@ -29,6 +29,7 @@ LONG = [
     (2, (1, 2, 3, 140001), (2, 7)),
     (2, (1, 2, 2, 3), (3, 140000)),
     (3, (1, 1, 3, 1, 2), (140000, 1, 3)),
+    (1, (1, 8, 140001), 5),  # channels-last kernels (8 channels) along an untabled axis
 ]
 LONG_IDS = [f"{d}d-{'x'.join(map(str, s))}-{o}" for d, s, o in LONG]
 LAYOUTS = ("first", "last", "strided")
