@@ -425,6 +425,45 @@ def test_channels_last_gradient_into_channels_first_result(backend, rng, dims, s
         assert_identical(kw["out"], before)
 
 
+@pytest.mark.parametrize(("dims", "shape", "osize"), [
+    (2, (1, 16, 64, 64), 6),  # one sample: ranges of positions per thread
+    (2, (3, 16, 40, 36), (3, 2)),  # (large enough to run on every thread)
+    (2, (3, 9, 17, 13), (3, 2)),
+    (2, (5, 24, 12, 12), 5),
+    (1, (2, 8, 300), 7),
+    (3, (2, 8, 6, 9, 7), (2, 2, 3)),
+])
+def test_channels_last_max_backward_of_large_windows(backend, rng, dims, shape, osize):
+    """Channels-last max gradients of windows of many elements (numba scatters them): the
+    channels-first result's bits, on 1 and 2 threads; indices from no forward pass (anywhere
+    in the plane, repeated) as the SPEC's loop adds them; a bad index raises, out= kept."""
+    x = _data(rng, shape, "max", np.float32)
+    values, indices = forward("max", dims, x, osize, backend=backend)
+    grad = rng.standard_normal(values.shape).astype(np.float32)
+    expected = backward("max", dims, grad, indices, shape, backend=backend)
+    last_shape = to_last(x, dims).shape
+    grad_last = np.ascontiguousarray(to_last(grad, dims))
+    for threads in (1, 2):
+        with fastpool.limit_threads(threads):
+            actual = backward("max", dims, grad_last, np.ascontiguousarray(to_last(indices, dims)),
+                              last_shape, backend=backend, **CL)
+        assert_identical(actual, to_last(expected, dims))
+    plane = int(np.prod(shape[2:]))
+    anywhere = np.ascontiguousarray(to_last(rng.integers(0, plane, indices.shape), dims))
+    actual = backward("max", dims, grad_last, anywhere, last_shape, backend=backend, **CL)
+    reference = brute_max_backward(grad, np.moveaxis(anywhere, -1, 1), shape, dims)
+    assert_close(actual, to_last(reference, dims).astype(np.float32), np.float32)
+    for bad_value in (-1, plane):
+        bad = anywhere.copy()
+        bad.flat[bad.size // 2] = bad_value
+        out = np.full(last_shape, 7.0, np.float32)
+        with pytest.raises(ValueError, match="indices must lie in"):
+            backward("max", dims, grad_last, bad, last_shape, backend=backend, out=out, **CL)
+        assert (out == 7.0).all()
+        with pytest.raises(ValueError, match="indices must lie in"):
+            backward("max", dims, grad_last, bad, last_shape, backend=backend, **CL)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int64])
 def test_numba_transpose4_moves_a_block_of_four_by_four(rng, dtype):
     """The vector transpose of the numba channels-last stores, at offsets and strides that
