@@ -38,11 +38,10 @@ import threading
 
 import numba
 import numpy as np
+from llvmlite import ir
 from numba import njit, prange, types
-from numba.extending import overload
+from numba.extending import intrinsic, overload
 from numba.np.ufunc import parallel as _numba_parallel
-
-from ._numba_simd import transpose4
 
 NATIVE_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 #: ``max_backward`` checks the indices itself (in parallel, before any write unless the caller
@@ -272,6 +271,62 @@ def _runs(size_in, size_out):
         x = min(ws[i] if i < size_out else size_in, we[j] if j < size_out else size_in)
     starts[r] = size_in
     return starts[: r + 1], first[:r], end[:r]
+
+
+# ------------------------------------------------------------------------ vector helpers
+# What LLVM does not derive from a loop, written as LLVM IR (``shufflevector`` on vectors
+# of four elements, lowered to whatever vector unit the host has). In this file, not a
+# module of its own: numba's cache is stamped by the file that defines a cached function,
+# so an edit here invalidates the kernels that inline these.
+
+_I32 = ir.IntType(32)
+_I64 = ir.IntType(64)
+
+
+def _mask(*lanes):
+    return ir.Constant(ir.VectorType(_I32, len(lanes)), [_I32(k) for k in lanes])
+
+
+@intrinsic
+def _transpose4(typingctx, src, s, sstride, dst, d, dstride):
+    """``dst[d + c * dstride + r] = src[s + r * sstride + c]`` for ``r, c`` in ``0..3``:
+    four rows of four elements of the 1-D array ``src`` read as vectors, stored as the
+    four columns into the 1-D array ``dst`` (both C-contiguous: the data pointer is
+    addressed directly). No bounds checks: the caller keeps all sixteen positions of each
+    array in range."""
+    if not (isinstance(src, types.Array) and isinstance(dst, types.Array)
+            and src.ndim == dst.ndim == 1 and src.layout == dst.layout == "C"
+            and src.dtype == dst.dtype):
+        return None
+    sig = types.void(src, types.int64, types.int64, dst, types.int64, types.int64)
+
+    def codegen(context, builder, signature, args):
+        a_src, a_s, a_ss, a_dst, a_d, a_ds = args
+        data_src = context.make_array(signature.args[0])(context, builder, a_src).data
+        data_dst = context.make_array(signature.args[3])(context, builder, a_dst).data
+        elem = context.get_data_type(signature.args[0].dtype)
+        vec = ir.VectorType(elem, 4).as_pointer()
+        align = context.get_abi_sizeof(elem)
+
+        def at(base, start, stride, r):
+            offset = builder.add(start, builder.mul(stride, _I64(r)))
+            return builder.bitcast(builder.gep(base, [offset]), vec)
+
+        a, b, c, e = (builder.load(at(data_src, a_s, a_ss, r), align=align) for r in range(4))
+        # (a0 b0 a1 b1), (a2 b2 a3 b3), then the same for the lower two rows
+        ab0, ab1 = (builder.shuffle_vector(a, b, _mask(0, 4, 1, 5)),
+                    builder.shuffle_vector(a, b, _mask(2, 6, 3, 7)))
+        ce0, ce1 = (builder.shuffle_vector(c, e, _mask(0, 4, 1, 5)),
+                    builder.shuffle_vector(c, e, _mask(2, 6, 3, 7)))
+        columns = (builder.shuffle_vector(ab0, ce0, _mask(0, 1, 4, 5)),
+                   builder.shuffle_vector(ab0, ce0, _mask(2, 3, 6, 7)),
+                   builder.shuffle_vector(ab1, ce1, _mask(0, 1, 4, 5)),
+                   builder.shuffle_vector(ab1, ce1, _mask(2, 3, 6, 7)))
+        for r, column in enumerate(columns):
+            builder.store(column, at(data_dst, a_d, a_ds, r), align=align)
+        return context.get_dummy_value()
+
+    return sig, codegen
 
 
 # ------------------------------------------------------------------------ work items
@@ -829,8 +884,9 @@ def _avg_fwd_cl_part(t, nt, x, out, oflat, planar, D, H, W, cb):
     case tested inside one loop, LLVM neither splits the loop nor vectorises it (10-30%
     slower, measured). Results go straight to ``oflat`` when the output is contiguous
     channels-last, else into ``buf``, stored a run of cells at a time (:func:`_store_run`;
-    into a C-order output, ``planar``, ``oflat`` is its flat view and threads take whole
-    planes, so no two write the same cache line)."""
+    into a C-order output, ``planar``, ``oflat`` is its flat view, and threads take whole
+    planes where there are enough (:func:`_planar_group`), so that few cache lines are
+    written by two threads)."""
     N, C, Do, Ho, Wo = out.shape
     blocks = (C + cb - 1) // cb
     cells = N * Do * Ho * Wo
@@ -840,7 +896,7 @@ def _avg_fwd_cl_part(t, nt, x, out, oflat, planar, D, H, W, cb):
     acc = np.empty(cb, np.float64)
     part = np.empty(cb, x.dtype)
     direct = len(oflat) > 0 and not planar
-    held = min(Do * Ho * Wo if planar else Wo, _ROW_CELLS)
+    held = min(Do * Ho * Wo if planar else Wo, _HELD_CELLS)
     buf = np.empty(0 if direct else held * cb, out.dtype)
     dst = oflat if direct else buf
     total = blocks * cells
@@ -994,7 +1050,7 @@ def _max_fwd_cl_part(t, nt, x, out, indices, oflat, iflat, planar, itype, D, H, 
     best = np.empty(Wo * cb, x.dtype)  # running maxima and positions of a row of cells
     where = np.empty(Wo * cb, itype.dtype)
     direct = len(oflat) > 0 and not planar
-    held = Wo if direct else min(Do * Ho * Wo if planar else Wo, _ROW_CELLS)
+    held = Wo if direct else min(Do * Ho * Wo if planar else Wo, _HELD_CELLS)
     vbuf = np.empty(0 if direct else held * cb, out.dtype)
     ibuf = np.empty(0 if direct else held * cb, np.int64)
     vout = oflat if direct else vbuf
@@ -1076,8 +1132,9 @@ def _max_fwd_cl_part(t, nt, x, out, indices, oflat, iflat, planar, itype, D, H, 
 
 
 #: Most output cells the channels-last forwards hold before storing them into an output
-#: that is not contiguous channels-last.
-_ROW_CELLS = 64
+#: that is not contiguous channels-last: a run along a row, or along a plane of a C-order
+#: output.
+_HELD_CELLS = 64
 
 
 @njit(inline="always")
@@ -1109,7 +1166,7 @@ def _transpose(dst, at, stride, buf, m, cells):
     q = 0
     while q + 4 <= cells:
         for j in range(0, m - 3, 4):
-            transpose4(buf, q * m + j, m, dst, at + j * stride + q, stride)
+            _transpose4(buf, q * m + j, m, dst, at + j * stride + q, stride)
         for j in range(m - m % 4, m):
             for k in range(q, q + 4):
                 dst[np.uint64(at + j * stride + k)] = buf[np.uint64(k * m + j)]
@@ -1415,7 +1472,7 @@ def _avg_bwd_cl_part(t, nt, go, gi, planar, N, Do, Ho, Wo, D, H, W):
     positions covered by the same cells gets one vector of values. Flat indices throughout:
     a row slice per cell costs more than its work on small maps. A planar ``gi`` gets each
     row through ``row``, transposed (a channels_last tensor's gradient into a C-order
-    result: 2-6x faster than a planar copy of ``go`` or the small-plane kernels).
+    result: see :func:`_cl_into_planar`).
     """
     C = go.shape[1]
     gof, gif = go.reshape(go.size), gi.reshape(gi.size)
@@ -2401,9 +2458,10 @@ def _thread_cap():
 
 def _channel_block(x, out, planar=0):
     """Channels per work item of the channels-last forward kernels: all, unless that leaves
-    too few items to share among threads. Into a C-order result (``planar``), threads take
-    whole planes of a block of channels (see :func:`_max_fwd_cl`): blocks of at least 16
-    channels then, two per thread where the samples are fewer."""
+    too few items to share among threads. Into a C-order result (``planar``) at least a
+    quarter of the input's size, threads take whole planes of a block of channels (see
+    :func:`_planar_group`): blocks of at least 16 channels then, two per thread where the
+    samples are fewer."""
     n, c = x.shape[:2]
     threads = _thread_cap()
     if planar and 4 * out.size >= x.size:
@@ -2533,10 +2591,11 @@ def _long_forward(x, out):
     return max(do, ho, wo, w if d * h > 1 else 0) > _LONG_AXIS
 
 
-def _long_backward(kind, go, gi, channels_last):
+def _long_backward(kind, go, gi, channels_last, rows=False):
     """Whether a backward runs the long-axis kernels: when the tables (of the input's D and
     H axes; for the average also of the output's axes, runs along W, and a row of output
-    cells, by the channels in channels-last memory) outgrow both 1 MiB and the result. The
+    cells, by the channels when the channels-last kernels run; with ``rows``, the row of
+    ``gi`` those kernels build for a C-order ``gi``) outgrow both 1 MiB and the result. The
     kernels give the same bits either way."""
     if go.size <= _LONG_AXIS and gi.size <= _LONG_AXIS:  # (no table outgrows its array)
         return False
@@ -2546,6 +2605,8 @@ def _long_backward(kind, go, gi, channels_last):
         longest = max(d, h, do, ho, wo * c if channels_last else wo, min(w, 2 * wo + 1))
     else:
         longest = max(d, h)
+    if rows:
+        longest = max(longest, w * c)
     return longest > _LONG_AXIS and longest > gi.size * gi.itemsize // 8
 
 
@@ -2625,20 +2686,22 @@ def max_forward(x, out, indices):
 
 
 def _backward(kind, inputs, grad_input, fresh=False):
-    """Run the kernel of ``grad_input``'s layout (through a temporary for other strides).
-    Both layouts give the same bits: sums run over the same terms in the same order. False,
+    """Run the kernel of ``grad_input``'s layout (through a temporary for other strides), or
+    of the inputs' channels-last layout into a C-order ``grad_input`` (:func:`_cl_into_planar`).
+    All give the same bits: sums run over the same terms in the same order. False,
     with nothing written (unless ``fresh``: see :func:`max_backward`), when a max index lies
     outside the plane."""
     n, c, d, h, w = grad_input.shape
     _, _, do, ho, wo = inputs[0].shape
     work = grad_input.size + len(inputs) * inputs[0].size
     channels_last, cl_in = _is_channels_last(grad_input, 2), _is_channels_last(inputs[0], 2)
-    if _long_backward(kind, inputs[0], grad_input, channels_last) or (
+    into_planar = (cl_in and not channels_last and c >= _MIN_CL_CHANNELS
+                   and grad_input.size <= _CL_INTO_PLANAR * inputs[0].size)
+    if _long_backward(kind, inputs[0], grad_input, channels_last or into_planar, into_planar) or (
         kind == "max" and channels_last and c < _MIN_CL_CHANNELS
     ):
         return _backward_long(kind, inputs, grad_input, work)
-    if (cl_in and not channels_last and c >= _MIN_CL_CHANNELS
-            and grad_input.size <= _CL_INTO_PLANAR * inputs[0].size):
+    if into_planar:
         done = _cl_into_planar(kind, inputs, grad_input, fresh, work)
         if done is not None:
             return done

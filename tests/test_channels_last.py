@@ -472,11 +472,11 @@ def test_numba_transpose4_moves_a_block_of_four_by_four(rng, dtype):
         pytest.skip("numba is not usable here")
     from numba import njit
 
-    from fastpool._numba_simd import transpose4
+    from fastpool._numba import _transpose4
 
     @njit
     def run(src, s, sstride, dst, d, dstride):
-        transpose4(src, s, sstride, dst, d, dstride)
+        _transpose4(src, s, sstride, dst, d, dstride)
 
     src = (rng.standard_normal(200) * 1000).astype(dtype)
     for s, sstride, d, dstride in [(0, 4, 0, 4), (3, 7, 5, 9), (1, 41, 2, 13), (10, 5, 0, 30)]:

@@ -178,7 +178,7 @@ def test_long_axis_kernels_agree_with_the_others(compiled_backend, monkeypatch, 
     grads = [backward(kind, dims, grad, _layout(indices, layout), shape, backend=compiled_backend)
              for kind in ("avg", "max")]
     monkeypatch.setattr(module, "_long_forward", lambda x, out: True)
-    monkeypatch.setattr(module, "_long_backward", lambda kind, go, gi, channels_last: True)
+    monkeypatch.setattr(module, "_long_backward", lambda kind, go, gi, *layout: True)
     assert_close(forward("avg", dims, x, osize, backend=compiled_backend)[0], avg)
     long_values, long_indices = forward("max", dims, x, osize, backend=compiled_backend)
     assert_identical(long_values, values)
@@ -204,6 +204,9 @@ def call(length, kind):
     if kind == "avg_bwd_same":
         g = np.ones((1, 1, length), np.float32)
         return fastpool.adaptive_avg_pool1d_backward(g, (1, 1, length), backend=backend)
+    if kind == "avg_bwd_cl":  # channels-last gradient, 8 channels, into a C-order result
+        g = np.ones((1, length // 8, 8), np.float32).transpose(0, 2, 1)
+        return fastpool.adaptive_avg_pool1d_backward(g, (1, 8, length // 16), backend=backend)
     if kind == "float16":
         x = np.ones((64, length // 64), np.float16)
         return fastpool.adaptive_avg_pool1d(x, 3, backend=backend)
@@ -221,7 +224,9 @@ print(json.dumps([peak() - before, sum(a.nbytes for a in result)]))
 """
 
 
-@pytest.mark.parametrize("kind", ("avg_up", "max_up", "avg_bwd_same", "max_rows", "float16"))
+@pytest.mark.parametrize(
+    "kind", ("avg_up", "max_up", "avg_bwd_same", "avg_bwd_cl", "max_rows", "float16")
+)
 def test_long_axes_allocate_no_more_than_the_result(compiled_backend, kind):
     """Peak memory of one call beyond its input and result, in a fresh process (the peak
     reset after imports and compiling): 16 Mi-element axes once took tables and row
@@ -232,6 +237,7 @@ def test_long_axes_allocate_no_more_than_the_result(compiled_backend, kind):
     run = subprocess.run([sys.executable, "-c", _PEAK, kind, compiled_backend],
                          capture_output=True, text=True, check=True)
     grown, result = json.loads(run.stdout)
-    inputs = {"avg_bwd_same": 1 << 26, "max_rows": 1 << 27, "float16": 1 << 25}.get(kind, 0)
+    inputs = {"avg_bwd_same": 1 << 26, "avg_bwd_cl": 1 << 26, "max_rows": 1 << 27,
+              "float16": 1 << 25}.get(kind, 0)
     allowed = (8 << 20) + (16 << 20 if kind == "float16" else 0)
     assert grown - result - inputs < allowed, (grown, result)
