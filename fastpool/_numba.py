@@ -2867,8 +2867,8 @@ _WEIGHTS_MAX = 1 << 16
 
 #: Input elements per output cell from which the channels-last max backward scatters
 #: (:func:`_max_bwd_cl_scatter`) rather than gathers (measured, 2 threads, gather / scatter:
-#: 4 elements a cell 58 / 68 us, 5 60 / 42, 34 145 / 82, 49 (256x2048x7x7 -> 1) 5.3 / 3.9
-#: ms, 668 (4x32x32x64x64 -> 4x7x7) 15.7 / 8.0 ms; upsampling 37 / 44 us).
+#: 4 elements a cell 76 / 94 us, 5 83 / 62, 34 197 / 99, 49 (256x2048x7x7 -> 1) 7.4 / 3.3
+#: ms, 668 (4x32x32x64x64 -> 4x7x7) 3.5 / 1.3 ms; upsampling 32 / 50 us).
 _CL_SCATTER = 5
 
 #: Elements per slab of the planar max backward: it stays in L1 while cells add into it.
