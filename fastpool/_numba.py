@@ -1472,7 +1472,7 @@ def _avg_bwd_cl_part(t, nt, go, gi, planar, N, Do, Ho, Wo, D, H, W):
     positions covered by the same cells gets one vector of values. Flat indices throughout:
     a row slice per cell costs more than its work on small maps. A planar ``gi`` gets each
     row through ``row``, transposed (a channels_last tensor's gradient into a C-order
-    result: see :func:`_cl_into_planar`).
+    result: see :func:`_into_planar`).
     """
     C = go.shape[1]
     gof, gif = go.reshape(go.size), gi.reshape(gi.size)
@@ -2687,28 +2687,24 @@ def max_forward(x, out, indices):
 
 def _backward(kind, inputs, grad_input, fresh=False):
     """Run the kernel of ``grad_input``'s layout (through a temporary for other strides), or
-    of the inputs' channels-last layout into a C-order ``grad_input`` (:func:`_cl_into_planar`).
-    All give the same bits: sums run over the same terms in the same order. False,
-    with nothing written (unless ``fresh``: see :func:`max_backward`), when a max index lies
-    outside the plane."""
+    of the inputs' channels-last layout into a C-order ``grad_input`` (see
+    :func:`_into_planar`). All give the same bits: sums run over the same terms in the same
+    order. False, with nothing written (unless ``fresh``: see :func:`max_backward`), when a
+    max index lies outside the plane."""
     n, c, d, h, w = grad_input.shape
     _, _, do, ho, wo = inputs[0].shape
     work = grad_input.size + len(inputs) * inputs[0].size
     channels_last, cl_in = _is_channels_last(grad_input, 2), _is_channels_last(inputs[0], 2)
-    into_planar = (cl_in and not channels_last and c >= _MIN_CL_CHANNELS
-                   and grad_input.size <= _CL_INTO_PLANAR * inputs[0].size)
+    into_planar = not channels_last and cl_in and _into_planar(inputs, grad_input)
     if _long_backward(kind, inputs[0], grad_input, channels_last or into_planar, into_planar) or (
         kind == "max" and channels_last and c < _MIN_CL_CHANNELS
     ):
         return _backward_long(kind, inputs, grad_input, work)
-    if into_planar:
-        done = _cl_into_planar(kind, inputs, grad_input, fresh, work)
-        if done is not None:
-            return done
+    cl_kernels = channels_last or into_planar  # the layout of the inputs the kernels read
     # A max gradient between planar arrays stays with the planar kernel, whose slab is the
     # whole plane there.
     planar_max = kind == "max" and not cl_in
-    if (not planar_max and not (channels_last and cl_in)
+    if (not planar_max and not (channels_last and cl_in) and not into_planar
             and _small_planes(inputs[0], grad_input, backward=True)):
         flats = [_small_input(a) for a in inputs]
         sc = flats[0][1]
@@ -2732,17 +2728,15 @@ def _backward(kind, inputs, grad_input, fresh=False):
     if view is None:
         target = np.empty((n, d, h, w, c) if channels_last else (n, c, d, h, w), grad_input.dtype)
         target = target.reshape(-1, c) if channels_last else target.reshape(n * c, -1)
-    args = [_as_layout(inputs[0], channels_last)]
-    if kind == "max":
-        args.append(_as_layout(inputs[1], channels_last))
+    args = [_as_layout(a, cl_kernels) for a in inputs]
     # The kernels below find an index only where it lies in the plane (a gather, or a
     # scatter into the rows it falls in), so a bad one writes nothing out of bounds: with a
     # fresh grad_input, the check waits until their count says an index was not found.
     if kind == "max" and not fresh and not _positions_ok(args[1].reshape(-1), d * h * w):
         return False
     if kind == "avg":
-        if channels_last:
-            _avg_bwd_cl(work, *args, target, 0, n, do, ho, wo, d, h, w)
+        if cl_kernels:
+            _avg_bwd_cl(work, *args, target, int(into_planar), n, do, ho, wo, d, h, w)
         else:
             _avg_bwd_planar(work, *args, target, do, ho, wo, d, h, w)
     else:
@@ -2752,8 +2746,8 @@ def _backward(kind, inputs, grad_input, fresh=False):
             if _max_bwd_cl_scatter(work, *args, target, n, slabs):
                 return False  # an index outside the plane (checked first unless fresh)
             hits = args[0].size
-        elif channels_last:
-            hits = _max_bwd_cl(work, *args, target, 0, n, do, ho, wo, d, h, w)
+        elif cl_kernels:
+            hits = _max_bwd_cl(work, *args, target, int(into_planar), n, do, ho, wo, d, h, w)
         else:
             rows = max(1, min(_SLAB // w, d * h))
             if do * ho * wo > 1 and _whole_planes(n * c, d * h, w, h, ho, rows):
@@ -2766,7 +2760,7 @@ def _backward(kind, inputs, grad_input, fresh=False):
             # Some index lies outside its own cell's window (in the plane, so valid, but not
             # from a forward pass): those kernels look for each index only where its window
             # could put it. The SPEC's scatter, which takes any position, rewrites it all.
-            _max_bwd_scatter(work, args, target, channels_last, grad_input.shape)
+            _max_bwd_scatter(work, args, cl_kernels, target, channels_last, grad_input.shape)
     if view is None:
         if channels_last:
             grad_input[...] = target.reshape(n, d, h, w, c).transpose(0, 4, 1, 2, 3)
@@ -2776,37 +2770,24 @@ def _backward(kind, inputs, grad_input, fresh=False):
 
 
 #: Most input elements per output cell for which a channels-last gradient goes into a C-order
-#: result through the channels-last backward kernels (:func:`_cl_into_planar`).
+#: result through the channels-last backward kernels (:func:`_into_planar`).
 _CL_INTO_PLANAR = 4
 
 
-def _cl_into_planar(kind, inputs, grad_input, fresh, work):
-    """:func:`_backward` for contiguous channels-last inputs and a C-order ``grad_input`` (a
-    ``channels_last`` tensor's gradient into a new result): the channels-last kernels, each
-    row of ``grad_input`` transposed as it is stored. Where ``grad_input`` is at most
-    ``_CL_INTO_PLANAR`` times ``grad_output``'s size (measured against the planar kernels on
-    a planar copy or the small-plane kernels: 4x128x28x28 -> 14 average 3.6x, max 1.2x,
-    2x256x14x14 -> 20 1.3x and 2.5x, 2x64x64x64 -> 32 1.9x and 1.6x faster; at 5 input
-    elements per cell 0.7-0.9x, at 34 or more 0.1-0.5x: the transposed rows cost as much
-    as the gradient is large, the copy as much as ``grad_output``). None when the arrays
-    are not in those layouts."""
-    flats = [_channels_last(a) for a in inputs]
-    gi = _planar(grad_input)
-    if gi is None or any(f is None for f in flats):
-        return None
-    n, c, d, h, w = grad_input.shape
-    _, _, do, ho, wo = inputs[0].shape
-    if kind == "avg":
-        _avg_bwd_cl(work, flats[0], gi, 1, n, do, ho, wo, d, h, w)
-        return True
-    ix = flats[1].reshape(-1)
-    if not fresh and not _positions_ok(ix, d * h * w):
-        return False
-    if _max_bwd_cl(work, flats[0], flats[1], gi, 1, n, do, ho, wo, d, h, w) != ix.size:
-        if fresh and not _positions_ok(ix, d * h * w):
-            return False
-        _scatter(work, flats[0].reshape(-1), ix, grad_input, 1, do * ho * wo)  # see _backward
-    return True
+def _into_planar(inputs, grad_input):
+    """Whether :func:`_backward` runs the channels-last kernels for contiguous channels-last
+    inputs into a C-order ``grad_input`` (a ``channels_last`` tensor's gradient into a new
+    result), each row of ``grad_input`` transposed as it is stored: for 8 channels or more,
+    where ``grad_input`` is at most ``_CL_INTO_PLANAR`` times ``grad_output``'s size
+    (measured against the planar kernels on a planar copy or the small-plane kernels:
+    4x128x28x28 -> 14 average 3.6x, max 1.2x, 2x256x14x14 -> 20 1.3x and 2.5x, 2x64x64x64
+    -> 32 1.9x and 1.6x faster; at 5 input elements per cell 0.7-0.9x, at 34 or more
+    0.1-0.5x: the transposed rows cost as much as the gradient is large, the copy as much
+    as ``grad_output``)."""
+    return (grad_input.shape[1] >= _MIN_CL_CHANNELS
+            and grad_input.size <= _CL_INTO_PLANAR * inputs[0].size
+            and _planar(grad_input) is not None
+            and all(_channels_last(a) is not None for a in inputs))
 
 
 def _backward_long(kind, inputs, grad_input, work):
@@ -2832,16 +2813,18 @@ def _backward_long(kind, inputs, grad_input, work):
     return True
 
 
-def _max_bwd_scatter(work, args, target, channels_last, shape):
-    """``target`` (the 2-D layout view of :func:`_backward`) = the scatter of ``args``
-    (grad_output and indices in the same layout), through :func:`_scatter`."""
+def _max_bwd_scatter(work, args, args_last, target, channels_last, shape):
+    """``target`` (the 2-D layout view of :func:`_backward`, channels-last or planar) = the
+    scatter of ``args`` (grad_output and indices in the same layout, channels-last or
+    planar), through :func:`_scatter`."""
     n, c, d, h, w = shape
     cells = args[0].size // (n * c)
     if channels_last:
-        gi, sc = target.reshape(n, d, h, w, c).transpose(0, 4, 1, 2, 3), 1
+        gi = target.reshape(n, d, h, w, c).transpose(0, 4, 1, 2, 3)
     else:
-        gi, sc = target.reshape(n, c, d, h, w), cells
-    _scatter(work, args[0].reshape(-1), args[1].reshape(-1), gi, sc, cells)
+        gi = target.reshape(n, c, d, h, w)
+    _scatter(work, args[0].reshape(-1), args[1].reshape(-1), gi, 1 if args_last else cells,
+             cells)
 
 
 def _scatter(work, go, ix, gi, sc, cells):
