@@ -40,6 +40,7 @@ import numba
 import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types
+from numba.core import cgutils
 from numba.extending import intrinsic, overload
 from numba.np.ufunc import parallel as _numba_parallel
 
@@ -274,10 +275,10 @@ def _runs(size_in, size_out):
 
 
 # ------------------------------------------------------------------------ vector helpers
-# What LLVM does not derive from a loop, written as LLVM IR (``shufflevector`` on vectors
-# of four elements, lowered to whatever vector unit the host has). In this file, not a
-# module of its own: numba's cache is stamped by the file that defines a cached function,
-# so an edit here invalidates the kernels that inline these.
+# What LLVM does not derive from a loop, written as LLVM IR (vectors of a fixed width and
+# ``shufflevector``, lowered to whatever vector unit the host has; a prefetch hint). In this
+# file, not a module of its own: numba's cache is stamped by the file that defines a cached
+# function, so an edit here invalidates the kernels that inline these.
 
 _I32 = ir.IntType(32)
 _I64 = ir.IntType(64)
@@ -287,6 +288,10 @@ def _mask(*lanes):
     return ir.Constant(ir.VectorType(_I32, len(lanes)), [_I32(k) for k in lanes])
 
 
+def _c_vector(a):
+    return isinstance(a, types.Array) and a.ndim == 1 and a.layout == "C"
+
+
 @intrinsic
 def _transpose4(typingctx, src, s, sstride, dst, d, dstride):
     """``dst[d + c * dstride + r] = src[s + r * sstride + c]`` for ``r, c`` in ``0..3``:
@@ -294,9 +299,7 @@ def _transpose4(typingctx, src, s, sstride, dst, d, dstride):
     four columns into the 1-D array ``dst`` (both C-contiguous: the data pointer is
     addressed directly). No bounds checks: the caller keeps all sixteen positions of each
     array in range."""
-    if not (isinstance(src, types.Array) and isinstance(dst, types.Array)
-            and src.ndim == dst.ndim == 1 and src.layout == dst.layout == "C"
-            and src.dtype == dst.dtype):
+    if not (_c_vector(src) and _c_vector(dst) and src.dtype == dst.dtype):
         return None
     sig = types.void(src, types.int64, types.int64, dst, types.int64, types.int64)
 
@@ -328,6 +331,64 @@ def _transpose4(typingctx, src, s, sstride, dst, d, dstride):
 
     return sig, codegen
 
+
+
+@intrinsic
+def _lane_sum(typingctx, src, start, n):
+    """Sum of ``src[start : start + n]`` in its own precision, in one fixed order: vectors of
+    32 bytes added lane by lane, the lanes then added in halves, then the last ``n % lanes``
+    elements one by one. For short spans (whole planes of global pooling), where LLVM's
+    own vector loop runs mostly in its scalar epilogue."""
+    if not (_c_vector(src) and isinstance(src.dtype, types.Float)):
+        return None
+    sig = src.dtype(src, types.int64, types.int64)
+
+    def codegen(context, builder, signature, args):
+        a_src, a_start, a_n = args
+        data = context.make_array(signature.args[0])(context, builder, a_src).data
+        elem = context.get_data_type(signature.args[0].dtype)
+        size = context.get_abi_sizeof(elem)
+        lanes = 32 // size
+        vec = ir.VectorType(elem, lanes)
+        acc = cgutils.alloca_once_value(builder, ir.Constant(vec, None))
+        whole = builder.udiv(a_n, _I64(lanes))
+        with cgutils.for_range(builder, whole) as loop:
+            at = builder.add(a_start, builder.mul(loop.index, _I64(lanes)))
+            ptr = builder.bitcast(builder.gep(data, [at]), vec.as_pointer())
+            builder.store(builder.fadd(builder.load(acc), builder.load(ptr, align=size)), acc)
+        v = builder.load(acc)
+        while lanes > 1:
+            lanes //= 2
+            v = builder.fadd(builder.shuffle_vector(v, v, _mask(*range(lanes))),
+                             builder.shuffle_vector(v, v, _mask(*range(lanes, 2 * lanes))))
+        total = cgutils.alloca_once_value(builder, builder.extract_element(v, _I32(0)))
+        done = builder.add(a_start, builder.mul(whole, _I64(32 // size)))
+        with cgutils.for_range(builder, builder.sub(builder.add(a_start, a_n), done)) as loop:
+            value = builder.load(builder.gep(data, [builder.add(done, loop.index)]))
+            builder.store(builder.fadd(builder.load(total), value), total)
+        return builder.load(total)
+
+    return sig, codegen
+
+
+@intrinsic
+def _prefetch(typingctx, src, at):
+    """A hint to fetch the cache line of ``src[at]`` for reading (``llvm.prefetch``; never
+    faults, whatever ``at`` is)."""
+    if not _c_vector(src):
+        return None
+    sig = types.void(src, types.int64)
+
+    def codegen(context, builder, signature, args):
+        a_src, a_at = args
+        data = context.make_array(signature.args[0])(context, builder, a_src).data
+        ptr = builder.bitcast(builder.gep(data, [a_at]), ir.IntType(8).as_pointer())
+        fnty = ir.FunctionType(ir.VoidType(), [ptr.type, _I32, _I32, _I32])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
+        builder.call(fn, [ptr, _I32(0), _I32(3), _I32(1)])  # read, keep in all caches, data
+        return context.get_dummy_value()
+
+    return sig, codegen
 
 # ------------------------------------------------------------------------ work items
 # Thread t of nt takes a contiguous, balanced share of the work items, numbered row-major
@@ -394,6 +455,11 @@ def _sum(a, lo, hi):
 
 #: Elements of one partial sum of :func:`_sum_in`.
 _PARTIAL = 1024
+#: Global pooling of planes shorter than this sums each by :func:`_lane_sum`, with a
+#: prefetch ``_PREFETCH_AHEAD`` elements beyond the plane (float32, 2 threads,
+#: 256x2048x7x7: 5.3-5.6 -> 3.6-3.9 ms; 7x7 planes in cache 1.15x, 8x8 alike).
+_LANE_SUM_MAX = 64
+_PREFETCH_AHEAD = 1024
 
 
 @njit(fastmath={"reassoc"}, error_model="numpy")
@@ -562,14 +628,20 @@ def _avg_fwd_planar_part(t, nt, x, out, D, H, W):
     HW = H * W
     if Do * Ho * Wo == 1:  # global pooling: nothing but a sum per plane
         g = _group(N * C, nt)
+        size = D * HW
+        xf = x.reshape(-1)
         for first in range(t * g, N * C, nt * g):
             _, _, n, c = _unravel(first, 1, N, C)
             for p in range(first, min(first + g, N * C)):
-                # (the test here, not in _sum_in: there LLVM made 7x7 planes 1.25x slower)
-                if D * HW <= _PARTIAL:
-                    out[n, c, 0, 0, 0] = np.float64(_partial(x[p], 0, D * HW)) / (D * HW)
+                # (the tests here, not in _sum_in: there LLVM made 7x7 planes 1.25x slower)
+                if size < _LANE_SUM_MAX:
+                    _prefetch(xf, (p + 1) * size + _PREFETCH_AHEAD)
+                    s = np.float64(_lane_sum(xf, p * size, size))
+                elif size <= _PARTIAL:
+                    s = np.float64(_partial(x[p], 0, size))
                 else:
-                    out[n, c, 0, 0, 0] = _sum_in(x[p], 0, D * HW) / (D * HW)
+                    s = _sum_in(x[p], 0, size)
+                out[n, c, 0, 0, 0] = s / size
                 _, _, n, c = _next(0, 0, n, c, 1, N, C)
         return
     ds, de = _bounds(D, Do)

@@ -14,6 +14,8 @@ from oracles import (
     torch_forward,
 )
 
+import fastpool
+
 KINDS = ("avg", "max")
 DTYPES = (np.float32, np.float64)
 
@@ -495,3 +497,50 @@ def test_any_index_into_out_and_low_precision(backend, rng, dtype, channels_last
         got = backward("max", 2, grad, indices, shape, **kw)
     assert got.dtype == dtype
     assert_close(got, expected.astype(dtype), dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("plane", [(1, 1, 1), (1, 1, 3), (1, 1, 8), (1, 3, 5), (1, 7, 7),
+                                   (2, 3, 5), (1, 1, 63), (1, 8, 8), (1, 9, 9)])
+def test_global_average_of_short_planes(backend, rng, dtype, plane):
+    """Global pooling of planes on both sides of the numba backend's vector-sum length
+    (64), through the serial and the threaded kernel (over 2**15 elements), against
+    PyTorch."""
+    for planes in (2, 2 * (20000 // np.prod(plane) + 1)):
+        x = rng.standard_normal((planes // 2, 2) + plane).astype(dtype)
+        dims = 3 if plane[0] > 1 else 2
+        x = x if dims == 3 else x[:, :, 0]
+        values, _ = forward("avg", dims, x, 1, backend=backend)
+        assert_close(values, torch_forward("avg", dims, x, 1)[0])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_numba_lane_sum_adds_in_its_documented_order(rng, dtype):
+    """The vector sum of the numba global average, bit for bit against its documented
+    order (lanes of 32 bytes, then halves, then the remainder in order), at every length to
+    70 and unaligned offsets; its prefetch hint never faults, even far past the end."""
+    if "numba" not in fastpool.available_backends():
+        pytest.skip("numba is not usable here")
+    from numba import njit
+
+    from fastpool._numba import _lane_sum, _prefetch
+
+    @njit
+    def run(a, start, n):
+        _prefetch(a, start + 10**9)
+        return _lane_sum(a, start, n)
+
+    a = rng.standard_normal(200).astype(dtype)
+    lanes = 32 // a.itemsize
+    for start in (0, 1, 5):
+        for n in range(71):
+            acc = np.zeros(lanes, dtype)
+            whole = n // lanes * lanes
+            for i in range(0, whole, lanes):
+                acc = acc + a[start + i : start + i + lanes]
+            while len(acc) > 1:
+                acc = acc[: len(acc) // 2] + acc[len(acc) // 2 :]
+            expected = acc[0]
+            for i in range(whole, n):
+                expected = dtype(expected + a[start + i])
+            assert_identical(np.array(run(a, start, n), dtype), np.array(expected, dtype))
