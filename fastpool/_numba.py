@@ -1487,7 +1487,7 @@ def _max_bwd_plane_part(t, nt, go, indices, gi, cells):
     gof, ixf, gif = go.reshape(go.size), indices.reshape(indices.size), gi.reshape(gi.size)
     zero = gi.dtype.type(0)
     usize, ucells = np.uint64(size), np.uint64(cells)
-    found = 0
+    missed = 0  # counting the rare misses, not every hit: 1.05x (5x5 -> 7x7)
     first, last = _chunk(t, P, nt)
     p = first
     while p + 2 <= last:
@@ -1500,10 +1500,12 @@ def _max_bwd_plane_part(t, nt, go, indices, gi, cells):
             j0, j1 = np.uint64(ixf[i0]), np.uint64(ixf[i1])  # negative ones are huge
             if j0 < usize:
                 gif[at + j0] += gof[i0]
-                found += 1
+            else:
+                missed += 1
             if j1 < usize:
                 gif[at + usize + j1] += gof[i1]
-                found += 1
+            else:
+                missed += 1
         p += 2
     if p < last:
         at = np.uint64(p * size)
@@ -1513,8 +1515,9 @@ def _max_bwd_plane_part(t, nt, go, indices, gi, cells):
             j = np.uint64(ixf[np.uint64(o)])
             if j < usize:
                 gif[at + j] += gof[np.uint64(o)]
-                found += 1
-    return found
+            else:
+                missed += 1
+    return (last - first) * cells - missed
 
 
 # ---------------------------------------------------------- backward, channels-last layout
