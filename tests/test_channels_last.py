@@ -622,3 +622,44 @@ def test_empty_channel_axis_is_rejected():
 def test_bad_data_format():
     with pytest.raises(ValueError, match="data_format must be"):
         FORWARD["avg", 2](np.ones((1, 4, 4, 2)), 2, data_format="NHWC")
+
+
+def _float64_means(x, size):
+    """The numba average's arithmetic for windows of up to 2x2 (2-d, channels first): each
+    window row summed in float32, the rows added in float64, times the float64 reciprocal
+    of the window's size, rounded to float32."""
+    n, c, h, w = x.shape
+    out = np.empty((n, c, size, size), np.float32)
+    for oh in range(size):
+        h0, h1 = oh * h // size, -(-(oh + 1) * h // size)
+        for ow in range(size):
+            w0, w1 = ow * w // size, -(-(ow + 1) * w // size)
+            total = np.zeros((n, c))
+            for r in range(h0, h1):
+                row = x[:, :, r, w0]
+                for col in range(w0 + 1, w1):
+                    row = row + x[:, :, r, col]  # float32
+                total = total + row
+            out[:, :, oh, ow] = total * (1.0 / ((h1 - h0) * (w1 - w0)))
+    return out
+
+
+def test_numba_small_windows_keep_the_float64_bits(rng):
+    """Windows of up to two rows of two positions (5x5 -> 7x7) are averaged in float32 by the
+    numba kernels of both layouts, with the bits of the float64 arithmetic of larger
+    windows, subnormal results included; a float32 sum that overflows gives inf, as in
+    PyTorch."""
+    if "numba" not in fastpool.available_backends():
+        pytest.skip("numba is not usable here")
+    x = rng.standard_normal((3, 16, 5, 5)).astype(np.float32)
+    x[0] *= np.float32(3e-38)  # halves and quarters of these sums are subnormal
+    x[1, :4] = np.float32(2.5e38)  # sums beyond float32
+    expected = _float64_means(x[[0, 2]], 7)
+    first = forward("avg", 2, x, 7, backend="numba")[0]
+    last = forward("avg", 2, np.ascontiguousarray(to_last(x, 2)), 7, backend="numba", **CL)[0]
+    assert_identical(first[[0, 2]], expected)
+    assert_identical(last, to_last(first, 2))
+    ref = torch_forward("avg", 2, x[1:2], 7)[0][0]
+    assert np.isinf(ref[:4]).any()
+    assert_identical(first[1, :4], ref[:4])  # inf, or 2.5e38 from one position
+    assert_close(first[1, 4:], ref[4:])
