@@ -515,6 +515,22 @@ def test_global_average_of_short_planes(backend, rng, dtype, plane):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(("dims", "shape", "osize"), [
+    (1, (1, 3, 700), 50),  # windows of 14-15 positions (the numba backend's loop)
+    (1, (1, 3, 700), 43),  # 16-17 (its vector sum)
+    (1, (1, 3, 700), 11),  # 63-64
+    (2, (1, 2, 4, 200), (4, 5)),  # one row of 40 per window
+])
+def test_average_of_one_row_windows(backend, rng, dtype, dims, shape, osize):
+    """Windows of one row, on both sides of the numba backend's vector-sum lengths (16 and
+    64), in a few planes (one thread) and in many (several), against PyTorch."""
+    for n in (1, 40):
+        x = rng.standard_normal((n,) + shape[1:]).astype(dtype)
+        values, _ = forward("avg", dims, x, osize, backend=backend)
+        assert_close(values, torch_forward("avg", dims, x, osize)[0])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_numba_lane_sum_adds_in_its_documented_order(rng, dtype):
     """The vector sum of the numba global average, bit for bit against its documented
     order (lanes of 32 bytes, then halves, then the remainder in order), at every length to
