@@ -351,7 +351,7 @@ def _lane_sum(typingctx, src, start, n):
         lanes = 32 // size
         vec = ir.VectorType(elem, lanes)
         acc = cgutils.alloca_once_value(builder, ir.Constant(vec, None))
-        whole = builder.udiv(a_n, _I64(lanes))
+        whole = builder.sdiv(a_n, _I64(lanes))  # (n < 0: neither loop runs; the sum is 0)
         with cgutils.for_range(builder, whole) as loop:
             at = builder.add(a_start, builder.mul(loop.index, _I64(lanes)))
             ptr = builder.bitcast(builder.gep(data, [at]), vec.as_pointer())
@@ -962,18 +962,26 @@ def _avg_fwd_cl_part(t, nt, x, out, oflat, planar, D, H, W, cb):
 
     Windows of up to two rows of up to two positions take one channel loop here, in x's
     precision; larger ones go to :func:`_avg_cl_window`. The small windows' bits are those
-    of the float64 arithmetic of the larger ones: their size is 1, 2 or 4, so the scaling is
-    exact (a sum this small is exact in float32 where half or a quarter of it would be
-    subnormal), and one float64 addition of two float32 values, rounded to float32, is
-    their float32 sum (53 >= 2 * 24 + 2). Except where that sum overflows: then the mean is
-    inf, as PyTorch's float32 sums give it. Half the vector work (32x64x5x5 -> 7: 1.2-1.3x
-    faster). The channel loop is written out for each case: with the
-    case tested inside one loop, LLVM neither splits the loop nor vectorises it (10-30%
-    slower, measured). Results go straight to ``oflat`` when the output is contiguous
-    channels-last, else into ``buf``, stored a run of cells at a time (:func:`_store_run`;
-    into a C-order output, ``planar``, ``oflat`` is its flat view, and threads take whole
-    planes where there are enough (:func:`_planar_group`), so that few cache lines are
-    written by two threads)."""
+    of the float64 arithmetic of the larger ones, ``((0.0 + row) + row) * (1.0 / size)``,
+    with the same leading zero (-0.0 + 0 is +0.0; a signalling NaN comes out quiet):
+
+    - one float64 addition of two float32 values, rounded to float32, is their float32 sum
+      (a double rounding from 53 to 24 bits is harmless for one operation: 53 >= 2 * 24 + 2);
+    - the size is 1, 2 or 4, so the scaling is exact, unless the mean is subnormal. There
+      the sum is below 2**-124, a multiple of 2**-149: exact in float32, except a quarter of
+      a sum in [2**-125, 2**-124), which float32 rounds to even on the 2**-148 grid first;
+      rounding an integer m to even at m/2 and then at m/4 gives m/4 rounded to even, for
+      each m mod 4.
+
+    Except where the float32 sum overflows: then the mean is inf, as PyTorch's float32 sums
+    give it. Half the vector work (32x64x5x5 -> 7: 1.2-1.3x faster).
+
+    The channel loop is written out for each case: with the case tested inside one loop,
+    LLVM neither splits the loop nor vectorises it (10-30% slower, measured). Results go
+    straight to ``oflat`` when the output is contiguous channels-last, else into ``buf``,
+    stored a run of cells at a time (:func:`_store_run`; into a C-order output,
+    ``planar``, ``oflat`` is its flat view, and threads take whole planes where there are
+    enough (:func:`_planar_group`), so that few cache lines are written by two threads)."""
     N, C, Do, Ho, Wo = out.shape
     blocks = (C + cb - 1) // cb
     cells = N * Do * Ho * Wo
@@ -982,7 +990,7 @@ def _avg_fwd_cl_part(t, nt, x, out, oflat, planar, D, H, W, cb):
     ws, we = _bounds(W, Wo)
     acc = np.empty(cb, np.float64)
     part = np.empty(cb, x.dtype)
-    half, quarter = x.dtype.type(0.5), x.dtype.type(0.25)
+    zero, half, quarter = x.dtype.type(0), x.dtype.type(0.5), x.dtype.type(0.25)
     direct = len(oflat) > 0 and not planar
     held = min(Do * Ho * Wo if planar else Wo, _HELD_CELLS)
     buf = np.empty(0 if direct else held * cb, out.dtype)
@@ -1011,16 +1019,18 @@ def _avg_fwd_cl_part(t, nt, x, out, oflat, planar, D, H, W, cb):
                 i2 = i + (H * W * C if de[od] - ds[od] == 2 else W * C)  # the second row
                 if rows == 1 and nw == 1:
                     for j in range(m):
-                        dst[np.uint64(at + j)] = x[np.uint64(i + j)]
+                        dst[np.uint64(at + j)] = zero + x[np.uint64(i + j)]
                 elif rows == 1:
                     for j in range(m):
-                        dst[np.uint64(at + j)] = _pair(x, i, C, j) * half
+                        dst[np.uint64(at + j)] = (zero + _pair(x, i, C, j)) * half
                 elif nw == 1:
                     for j in range(m):
-                        dst[np.uint64(at + j)] = (x[np.uint64(i + j)] + x[np.uint64(i2 + j)]) * half
+                        dst[np.uint64(at + j)] = ((zero + x[np.uint64(i + j)])
+                                                  + x[np.uint64(i2 + j)]) * half
                 else:
                     for j in range(m):
-                        dst[np.uint64(at + j)] = (_pair(x, i, C, j) + _pair(x, i2, C, j)) * quarter
+                        dst[np.uint64(at + j)] = ((zero + _pair(x, i, C, j))
+                                                  + _pair(x, i2, C, j)) * quarter
             elif nw == W and de[od] - ds[od] == 1 and rows * W <= _CL_MERGED:
                 # whole rows: one run of positions, summed as one row (7x7 global windows: 1.1x)
                 _avg_cl_window(x, dst, at, acc, part, n, ds[od], ds[od] + 1, hs[oh], hs[oh] + 1,
@@ -1989,7 +1999,8 @@ def _avg_fwd_small_part(t, nt, x, out, oflat, D, H, W, sc, cb):
     xb = np.empty((D * H * W, cb), x.dtype)
     rs = np.empty(cb, x.dtype)
     acc = np.empty(cb, np.float64)
-    half, quarter = x.dtype.type(0.5), x.dtype.type(0.25)  # (see _avg_fwd_cl_part)
+    # the small windows' arithmetic of _avg_fwd_cl_part, and its bits
+    zero, half, quarter = x.dtype.type(0), x.dtype.type(0.5), x.dtype.type(0.25)
     res = np.empty((Do * Ho * Wo, cb), out.dtype)
     blocks = (C + cb - 1) // cb
     first, last = _chunk(t, N * blocks, nt)
@@ -2013,16 +2024,16 @@ def _avg_fwd_small_part(t, nt, x, out, oflat, D, H, W, sc, cb):
                         p2 = p + (H * W if nd == 2 else W)
                         if rows == 1 and nw == 1:
                             for j in range(m):
-                                dst[j] = xb[p, j]
+                                dst[j] = zero + xb[p, j]
                         elif rows == 1:
                             for j in range(m):
-                                dst[j] = (xb[p, j] + xb[p + 1, j]) * half
+                                dst[j] = (zero + (xb[p, j] + xb[p + 1, j])) * half
                         elif nw == 1:
                             for j in range(m):
-                                dst[j] = (xb[p, j] + xb[p2, j]) * half
+                                dst[j] = ((zero + xb[p, j]) + xb[p2, j]) * half
                         else:
                             for j in range(m):
-                                dst[j] = ((xb[p, j] + xb[p + 1, j])
+                                dst[j] = ((zero + (xb[p, j] + xb[p + 1, j]))
                                           + (xb[p2, j] + xb[p2 + 1, j])) * quarter
                         continue
                     for j in range(m):

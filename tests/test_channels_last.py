@@ -663,3 +663,23 @@ def test_numba_small_windows_keep_the_float64_bits(rng):
     assert np.isinf(ref[:4]).any()
     assert_identical(first[1, :4], ref[:4])  # inf, or 2.5e38 from one position
     assert_close(first[1, 4:], ref[4:])
+
+
+@pytest.mark.parametrize("dtype", (np.float32, np.float64))
+@pytest.mark.parametrize("layout", ("first", "last"))
+def test_small_windows_give_positive_zero_and_quiet_nan(backend, dtype, layout):
+    """Windows of one, two or four positions of -0.0 average to +0.0, and a signalling NaN
+    comes out quiet, as sums of the larger windows (and PyTorch's) give them."""
+    x = np.full((2, 16, 5, 5), -0.0, dtype)
+    bits = np.uint32(0x7F800001) if dtype == np.float32 else np.uint64(0x7FF0000000000001)
+    x[1] = bits.view(dtype)  # a signalling NaN
+    with np.errstate(invalid="ignore"):  # (numpy's own sums flag the signalling NaN)
+        if layout == "last":
+            got = np.moveaxis(forward("avg", 2, np.ascontiguousarray(to_last(x, 2)), 7,
+                                      backend=backend, **CL)[0], -1, 1)
+        else:
+            got = forward("avg", 2, x, 7, backend=backend)[0]
+    assert not np.signbit(got[0]).any()
+    assert np.isnan(got[1]).all()
+    quiet = np.uint32(1 << 22) if dtype == np.float32 else np.uint64(1 << 51)
+    assert (got[1].view(quiet.dtype) & quiet == quiet).all()

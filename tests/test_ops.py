@@ -516,15 +516,17 @@ def test_global_average_of_short_planes(backend, rng, dtype, plane):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize(("dims", "shape", "osize"), [
-    (1, (1, 3, 700), 50),  # windows of 14-15 positions (the numba backend's loop)
-    (1, (1, 3, 700), 43),  # 16-17 (its vector sum)
-    (1, (1, 3, 700), 11),  # 63-64
+    (1, (1, 3, 600), 40),  # windows of 15 positions (the numba backend's loop)
+    (1, (1, 3, 640), 40),  # 16 (its vector sum)
+    (1, (1, 3, 630), 10),  # 63 (its vector sum)
+    (1, (1, 3, 640), 10),  # 64 (the loop)
     (2, (1, 2, 4, 200), (4, 5)),  # one row of 40 per window
+    (3, (1, 1, 4, 4, 357), (5, 8, 15)),  # one row of 23-24, from every depth slice
 ])
 def test_average_of_one_row_windows(backend, rng, dtype, dims, shape, osize):
     """Windows of one row, on both sides of the numba backend's vector-sum lengths (16 and
     64), in a few planes (one thread) and in many (several), against PyTorch."""
-    for n in (1, 40):
+    for n in (1, 14 if dims == 3 else 40):
         x = rng.standard_normal((n,) + shape[1:]).astype(dtype)
         values, _ = forward("avg", dims, x, osize, backend=backend)
         assert_close(values, torch_forward("avg", dims, x, osize)[0])
@@ -545,6 +547,8 @@ def test_numba_lane_sum_adds_in_its_documented_order(rng, dtype):
     def run(a, start, n):
         _prefetch(a, start + 10**9)
         return _lane_sum(a, start, n)
+
+    assert run(np.ones(4, dtype), 0, -3) == 0  # a negative length sums nothing
 
     a = rng.standard_normal(200).astype(dtype)
     lanes = 32 // a.itemsize
