@@ -357,12 +357,13 @@ def _lane_sum(typingctx, src, start, n):
             ptr = builder.bitcast(builder.gep(data, [at]), vec.as_pointer())
             builder.store(builder.fadd(builder.load(acc), builder.load(ptr, align=size)), acc)
         v = builder.load(acc)
-        while lanes > 1:
-            lanes //= 2
-            v = builder.fadd(builder.shuffle_vector(v, v, _mask(*range(lanes))),
-                             builder.shuffle_vector(v, v, _mask(*range(lanes, 2 * lanes))))
+        half = lanes
+        while half > 1:
+            half //= 2
+            v = builder.fadd(builder.shuffle_vector(v, v, _mask(*range(half))),
+                             builder.shuffle_vector(v, v, _mask(*range(half, 2 * half))))
         total = cgutils.alloca_once_value(builder, builder.extract_element(v, _I32(0)))
-        done = builder.add(a_start, builder.mul(whole, _I64(32 // size)))
+        done = builder.add(a_start, builder.mul(whole, _I64(lanes)))
         with cgutils.for_range(builder, builder.sub(builder.add(a_start, a_n), done)) as loop:
             value = builder.load(builder.gep(data, [builder.add(done, loop.index)]))
             builder.store(builder.fadd(builder.load(total), value), total)
@@ -670,8 +671,9 @@ def _avg_fwd_planar_part(t, nt, x, out, D, H, W):
                     s += _sum_in(xp, d * HW + h0 * W, d * HW + h1 * W)
                 orow[0] = s / (nrows * W)
             elif nrows == 1:
-                row = xp[d0 * HW + h0 * W : d0 * HW + h0 * W + W]
-                at = (n * C + c) * (D * HW) + d0 * HW + h0 * W  # the row's start in xf
+                r0 = d0 * HW + h0 * W
+                row = xp[r0 : r0 + W]
+                at = (n * C + c) * (D * HW) + r0  # the row's start in xf
                 for ow in range(Wo):
                     # short windows (1d: 40 values) call _partial here, where LLVM inlines it:
                     # through _sum_in they ran 1.4x slower on two threads, 2.1x on one
