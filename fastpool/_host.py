@@ -23,6 +23,7 @@ import numpy as np
 from . import _validate as v
 
 _F32 = np.dtype(np.float32)
+_I64 = np.dtype(np.int64)
 _FORWARD = {"avg": "avg_forward", "max": "max_forward"}
 _BACKWARD = {"avg": "avg_backward", "max": "max_backward"}
 
@@ -72,10 +73,13 @@ class HostBackend:
             grad_output = v.as_host_array(grad_output, "grad_output")
         given = indices
         if kind == "max":
-            given = indices = v.as_host_array(indices, "indices")
+            if type(indices) is not np.ndarray:
+                indices = v.as_host_array(indices, "indices")
+            given = indices
             if not self.checks_indices:
                 v.check_index_bounds(indices, plan.plane)
-            indices = indices.astype(np.int64, copy=False)
+            if indices.dtype != _I64:
+                indices = indices.astype(_I64)
         if out is None:
             grad_input = np.empty(plan.in_shape, dtype=plan.dtype)
         else:

@@ -2973,4 +2973,36 @@ def max_backward(grad_output, indices, grad_input, fresh=False):
     """``grad_input.plane[indices[o]] += grad_output[o]``, summed in output order; False
     when an index lies outside the plane, with nothing written unless ``fresh`` (the caller
     made ``grad_input`` and discards it then: the check runs only when needed)."""
+    if fresh:
+        done = _max_backward_planes(grad_output, indices, grad_input)
+        if done is not None:
+            return done
     return _backward("max", [grad_output, indices], grad_input, fresh)
+
+
+def _max_backward_planes(go, ix, gi):
+    """:func:`_backward`'s route for C-contiguous planes into a fresh ``grad_input`` (the
+    common call, and a small one in microseconds: this route costs a third of the general
+    one), taken by the same tests; None where they send the call elsewhere, or where an
+    index lies outside its cell's window (the general route then rewrites it all)."""
+    n, c, d, h, w = gi.shape
+    _, _, do, ho, wo = go.shape
+    planes, size, cells = n * c, d * h * w, do * ho * wo
+    if (
+        cells == 1
+        or go.size > _LONG_AXIS
+        or gi.size > _LONG_AXIS
+        or (c >= 2 and (size == 1 or cells == 1))  # (channels-last memory too)
+    ):
+        return None
+    gf, xf, gif = go.flags, ix.flags, gi.flags
+    if not (gf.c_contiguous and xf.c_contiguous and gif.c_contiguous
+            and gf.aligned and xf.aligned and gif.aligned):
+        return None
+    rows = max(1, min(_SLAB // w, d * h))
+    if not _whole_planes(planes, d * h, w, h, ho, rows):
+        return None
+    g2 = go.reshape(planes, cells)
+    hits = _max_bwd_plane(planes * (size + 2 * cells), g2, ix.reshape(planes, cells),
+                          gi.reshape(planes, size), cells)
+    return True if hits == g2.size else None
