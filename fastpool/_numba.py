@@ -373,6 +373,57 @@ def _lane_sum(typingctx, src, start, n):
 
 
 @intrinsic
+def _column_means(typingctx, src, start, count, stride, scale, dst, at):
+    """``dst[at + j]`` = ``scale`` x the sum over ``k < count`` of
+    ``src[start + k * stride + j]``, for the ``j`` of four vectors of 32 bytes (32 float32 or
+    16 float64 channels). Each lane adds its terms in order, from +0.0, in the arrays'
+    precision and in a register (a channel loop over memory costs a load and a store of
+    the sums per term); the sum is then multiplied by the float64 ``scale`` and rounded to
+    the arrays' type, as ``(0.0 + sum) * scale`` stored there would be (the sum is never
+    -0.0, nor a signalling NaN, so the leading zero changes nothing). No bounds checks:
+    the caller keeps every position in range."""
+    if not (_c_vector(src) and _c_vector(dst) and src.dtype == dst.dtype
+            and isinstance(src.dtype, types.Float)):
+        return None
+    sig = types.void(src, types.int64, types.int64, types.int64, types.float64, dst,
+                     types.int64)
+
+    def codegen(context, builder, signature, args):
+        a_src, a_start, a_count, a_stride, a_scale, a_dst, a_at = args
+        data = context.make_array(signature.args[0])(context, builder, a_src).data
+        out = context.make_array(signature.args[5])(context, builder, a_dst).data
+        elem = context.get_data_type(signature.args[0].dtype)
+        size = context.get_abi_sizeof(elem)
+        lanes = 32 // size
+        vec = ir.VectorType(elem, lanes)
+        wide = ir.VectorType(ir.DoubleType(), lanes)
+
+        def at(base, offset, v):
+            ptr = builder.gep(base, [builder.add(offset, _I64(v * lanes))])
+            return builder.bitcast(ptr, vec.as_pointer())
+
+        sums = [cgutils.alloca_once_value(builder, ir.Constant(vec, None)) for _ in range(4)]
+        with cgutils.for_range(builder, a_count) as loop:
+            row = builder.add(a_start, builder.mul(loop.index, a_stride))
+            for v, acc in enumerate(sums):
+                value = builder.load(at(data, row, v), align=size)
+                builder.store(builder.fadd(builder.load(acc), value), acc)
+        scale = builder.insert_element(ir.Constant(wide, None), a_scale, _I32(0))
+        scale = builder.shuffle_vector(scale, scale, ir.Constant(ir.VectorType(_I32, lanes),
+                                                                 [0] * lanes))
+        for v, acc in enumerate(sums):
+            total = builder.load(acc)
+            if size < 8:
+                total = builder.fptrunc(builder.fmul(builder.fpext(total, wide), scale), vec)
+            else:
+                total = builder.fmul(total, scale)
+            builder.store(total, at(out, a_at, v), align=size)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
 def _prefetch(typingctx, src, at):
     """A hint to fetch the cache line of ``src[at]`` for reading (``llvm.prefetch``; never
     faults, whatever ``at`` is)."""
@@ -951,6 +1002,31 @@ def _avg_cl_long_rows(x, dst, at, acc, part, n, d0, d1, h0, h1, w0, nw, c0, m, s
 _CL_MERGED = 64
 
 
+@njit(error_model="numpy")
+def _avg_cl_global(x, dst, at, part, i, npos, m, scale, C):
+    """A global window of at most ``_CL_MERGED`` positions (one run of positions from
+    ``x[i]``, channels innermost): ``dst[at + j]`` = the mean of channel ``j < m``, each
+    channel's positions added in order in x's precision (:func:`_column_means`, blocks of
+    four vectors; the last channels through ``part`` in the same order), then
+    ``(0.0 + sum) * scale``: the bits of :func:`_avg_cl_row`'s passes, whose sums run in
+    the same order. The order does not depend on the channel block, so a chunk of
+    the channels gets the bits of the whole (256x2048x7x7 -> 1: 1.15x faster than the
+    passes of :func:`_avg_cl_row`)."""
+    block = 128 // x.itemsize
+    j0 = 0
+    while j0 + block <= m:
+        _column_means(x, i + j0, npos, C, scale, dst, at + j0)
+        j0 += block
+    for j in range(j0, m):
+        part[j - j0] = 0.0
+    for k in range(npos):
+        q = i + k * C
+        for j in range(j0, m):
+            part[j - j0] += x[np.uint64(q + j)]
+    for j in range(j0, m):
+        dst[np.uint64(at + j)] = (0.0 + part[j - j0]) * scale
+
+
 @_kernel("in", "any", "out", "int", "int", "int", "int", "int")
 def _avg_fwd_cl(nt, x, out, oflat, planar, D, H, W, cb):
     for t in prange(nt):
@@ -993,6 +1069,7 @@ def _avg_fwd_cl_part(t, nt, x, out, oflat, planar, D, H, W, cb):
     acc = np.empty(cb, np.float64)
     part = np.empty(cb, x.dtype)
     zero, half, quarter = x.dtype.type(0), x.dtype.type(0.5), x.dtype.type(0.25)
+    global_ = Do * Ho * Wo == 1
     direct = len(oflat) > 0 and not planar
     held = min(Do * Ho * Wo if planar else Wo, _HELD_CELLS)
     buf = np.empty(0 if direct else held * cb, out.dtype)
@@ -1033,6 +1110,9 @@ def _avg_fwd_cl_part(t, nt, x, out, oflat, planar, D, H, W, cb):
                     for j in range(m):
                         dst[np.uint64(at + j)] = ((zero + _pair(x, i, C, j))
                                                   + _pair(x, i2, C, j)) * quarter
+            elif global_ and D == 1 and H * W <= _CL_MERGED:
+                i = n * H * W * C + c0
+                _avg_cl_global(x, dst, at, part, i, H * W, m, scale, C)
             elif nw == W and de[od] - ds[od] == 1 and rows * W <= _CL_MERGED:
                 # whole rows: one run of positions, summed as one row (7x7 global windows: 1.1x)
                 _avg_cl_window(x, dst, at, acc, part, n, ds[od], ds[od] + 1, hs[oh], hs[oh] + 1,

@@ -683,3 +683,34 @@ def test_small_windows_give_positive_zero_and_quiet_nan(backend, dtype, layout):
     assert np.isnan(got[1]).all()
     quiet = np.uint32(1 << 22) if dtype == np.float32 else np.uint64(1 << 51)
     assert (got[1].view(quiet.dtype) & quiet == quiet).all()
+
+
+@pytest.mark.parametrize("dtype", (np.float32, np.float64))
+@pytest.mark.parametrize(
+    ("spatial", "channels"),
+    # 32-channel register blocks (16 in float64) with and without leftover channels, leftover
+    # channels alone (8 or more: fewer take the planar kernels), windows of 5 to 64 positions
+    [((7, 7), 70), ((7, 7), 64), ((8, 8), 33), ((3, 3), 12), ((1, 9), 48), ((5, 1), 17)],
+)
+def test_numba_global_average_sums_each_channel_in_order(rng, spatial, channels, dtype):
+    """Channels-last global averages of up to 64 positions (numba): each channel's positions
+    added in order in the input's precision, from +0.0, then ``* (1.0 / size)`` in float64
+    and rounded, the same bits for any block of channels."""
+    if "numba" not in fastpool.available_backends():
+        pytest.skip("numba is not usable here")
+    x = (rng.standard_normal((3, *spatial, channels)) * 10 ** rng.uniform(-3, 3)).astype(dtype)
+    x[0, ..., ::3] = -0.0
+    x[1, 0, 0, 1] = np.inf
+    total = np.zeros((3, channels), dtype)
+    for h in range(spatial[0]):
+        for w in range(spatial[1]):
+            total = total + x[:, h, w]  # one rounding per addition, in the input's precision
+    expected = (total.astype(np.float64) * (1.0 / (spatial[0] * spatial[1]))).astype(dtype)
+    got = forward("avg", 2, x, 1, backend="numba", **CL)[0][:, 0, 0]
+    assert_identical(got, expected)
+    assert not np.signbit(got[0, ::3]).any()
+    # a chunk of the channels, of at least the 8 that channels-last kernels take: the same bits
+    for lo, hi in ((0, 8), (8, channels)) if channels >= 16 else ():
+        part = forward("avg", 2, np.ascontiguousarray(x[..., lo:hi]), 1, backend="numba",
+                       **CL)[0][:, 0, 0]
+        assert_identical(part, expected[:, lo:hi])
