@@ -685,32 +685,64 @@ def test_small_windows_give_positive_zero_and_quiet_nan(backend, dtype, layout):
     assert (got[1].view(quiet.dtype) & quiet == quiet).all()
 
 
+def _cl_means(x, osize, merged):
+    """The numba channels-last average's arithmetic for 2-d windows of ``x`` (N, H, W, C):
+    each window row summed in order in x's precision from +0.0 (with ``merged``, the whole
+    window as one row), the rows added in float64 from +0.0, times the float64 reciprocal of
+    the window's size, rounded to x's type."""
+    n, h, w, c = x.shape
+    out = np.empty((n, osize, osize, c), x.dtype)
+    for oh in range(osize):
+        h0, h1 = oh * h // osize, -(-(oh + 1) * h // osize)
+        for ow in range(osize):
+            w0, w1 = ow * w // osize, -(-(ow + 1) * w // osize)
+            rows = [[(r, col) for col in range(w0, w1)] for r in range(h0, h1)]
+            if merged:
+                rows = [sum(rows, [])]
+            total = np.zeros((n, c))
+            for row in rows:
+                part = np.zeros((n, c), x.dtype)
+                for r, col in row:
+                    part = part + x[:, r, col]  # one rounding per addition, in x's precision
+                total = total + part
+            out[:, oh, ow] = total * (1.0 / ((h1 - h0) * (w1 - w0)))
+    return out
+
+
 @pytest.mark.parametrize("dtype", (np.float32, np.float64))
 @pytest.mark.parametrize(
-    ("spatial", "channels"),
-    # 32-channel register blocks (16 in float64) with and without leftover channels, leftover
-    # channels alone (8 or more: fewer take the planar kernels), windows of 5 to 64 positions
-    [((7, 7), 70), ((7, 7), 64), ((8, 8), 33), ((3, 3), 12), ((1, 9), 48), ((5, 1), 17)],
+    ("spatial", "osize", "channels"),
+    # global windows (whole rows, summed as one run) of 32-channel register blocks (16 in
+    # float64) with and without leftover channels, and leftover channels alone (8 or more:
+    # fewer take the planar kernels); windows of several rows of up to 64 channels
+    [
+        ((7, 7), 1, 70),
+        ((7, 7), 1, 64),
+        ((8, 8), 1, 33),
+        ((3, 3), 1, 12),
+        ((1, 9), 1, 48),
+        ((5, 1), 1, 17),
+        ((10, 10), 3, 48),
+        ((12, 9), 4, 64),
+        ((9, 9), 2, 24),
+    ],
 )
-def test_numba_global_average_sums_each_channel_in_order(rng, spatial, channels, dtype):
-    """Channels-last global averages of up to 64 positions (numba): each channel's positions
-    added in order in the input's precision, from +0.0, then ``* (1.0 / size)`` in float64
-    and rounded, the same bits for any block of channels."""
+def test_numba_channels_last_average_sums_in_order(rng, spatial, osize, channels, dtype):
+    """Channels-last averages (numba): each window row's positions added in order in the
+    input's precision, the rows in float64, then ``* (1.0 / size)`` in float64 and rounded
+    (a global window of up to 64 positions is one row), the same bits for any block of
+    channels."""
     if "numba" not in fastpool.available_backends():
         pytest.skip("numba is not usable here")
     x = (rng.standard_normal((3, *spatial, channels)) * 10 ** rng.uniform(-3, 3)).astype(dtype)
     x[0, ..., ::3] = -0.0
     x[1, 0, 0, 1] = np.inf
-    total = np.zeros((3, channels), dtype)
-    for h in range(spatial[0]):
-        for w in range(spatial[1]):
-            total = total + x[:, h, w]  # one rounding per addition, in the input's precision
-    expected = (total.astype(np.float64) * (1.0 / (spatial[0] * spatial[1]))).astype(dtype)
-    got = forward("avg", 2, x, 1, backend="numba", **CL)[0][:, 0, 0]
+    expected = _cl_means(x, osize, merged=osize == 1)
+    got = forward("avg", 2, x, osize, backend="numba", **CL)[0]
     assert_identical(got, expected)
-    assert not np.signbit(got[0, ::3]).any()
+    assert not np.signbit(got[0, ..., ::3]).any()
     # a chunk of the channels, of at least the 8 that channels-last kernels take: the same bits
     for lo, hi in ((0, 8), (8, channels)) if channels >= 16 else ():
-        part = forward("avg", 2, np.ascontiguousarray(x[..., lo:hi]), 1, backend="numba",
-                       **CL)[0][:, 0, 0]
-        assert_identical(part, expected[:, lo:hi])
+        part = forward("avg", 2, np.ascontiguousarray(x[..., lo:hi]), osize, backend="numba",
+                       **CL)[0]
+        assert_identical(part, expected[..., lo:hi])
