@@ -624,24 +624,36 @@ def test_bad_data_format():
         FORWARD["avg", 2](np.ones((1, 4, 4, 2)), 2, data_format="NHWC")
 
 
+def _cl_means(x, osize, merged):
+    """The numba channels-last average's arithmetic for 2-d windows of ``x`` (N, H, W, C):
+    each window row summed in order in x's precision from +0.0 (with ``merged``, the whole
+    window as one row), the rows added in float64 from +0.0, times the float64 reciprocal of
+    the window's size, rounded to x's type."""
+    n, h, w, c = x.shape
+    out = np.empty((n, osize, osize, c), x.dtype)
+    for oh in range(osize):
+        h0, h1 = oh * h // osize, -(-(oh + 1) * h // osize)
+        for ow in range(osize):
+            w0, w1 = ow * w // osize, -(-(ow + 1) * w // osize)
+            rows = [[(r, col) for col in range(w0, w1)] for r in range(h0, h1)]
+            if merged:
+                rows = [sum(rows, [])]
+            total = np.zeros((n, c))
+            for row in rows:
+                part = np.zeros((n, c), x.dtype)
+                for r, col in row:
+                    part = part + x[:, r, col]  # one rounding per addition, in x's precision
+                total = total + part
+            out[:, oh, ow] = total * (1.0 / ((h1 - h0) * (w1 - w0)))
+    return out
+
+
 def _float64_means(x, size):
     """The numba average's arithmetic for windows of up to 2x2 (2-d, channels first): each
     window row summed in float32, the rows added in float64, times the float64 reciprocal
-    of the window's size, rounded to float32."""
-    n, c, h, w = x.shape
-    out = np.empty((n, c, size, size), np.float32)
-    for oh in range(size):
-        h0, h1 = oh * h // size, -(-(oh + 1) * h // size)
-        for ow in range(size):
-            w0, w1 = ow * w // size, -(-(ow + 1) * w // size)
-            total = np.zeros((n, c))
-            for r in range(h0, h1):
-                row = x[:, :, r, w0]
-                for col in range(w0 + 1, w1):
-                    row = row + x[:, :, r, col]  # float32
-                total = total + row
-            out[:, :, oh, ow] = total * (1.0 / ((h1 - h0) * (w1 - w0)))
-    return out
+    of the window's size, rounded to float32 (:func:`_cl_means`, whose leading +0.0 of a
+    row changes no mean)."""
+    return np.moveaxis(_cl_means(np.moveaxis(x, 1, -1), size, merged=False), -1, 1)
 
 
 def test_numba_small_windows_keep_the_float64_bits(rng):
@@ -683,30 +695,6 @@ def test_small_windows_give_positive_zero_and_quiet_nan(backend, dtype, layout):
     assert np.isnan(got[1]).all()
     quiet = np.uint32(1 << 22) if dtype == np.float32 else np.uint64(1 << 51)
     assert (got[1].view(quiet.dtype) & quiet == quiet).all()
-
-
-def _cl_means(x, osize, merged):
-    """The numba channels-last average's arithmetic for 2-d windows of ``x`` (N, H, W, C):
-    each window row summed in order in x's precision from +0.0 (with ``merged``, the whole
-    window as one row), the rows added in float64 from +0.0, times the float64 reciprocal of
-    the window's size, rounded to x's type."""
-    n, h, w, c = x.shape
-    out = np.empty((n, osize, osize, c), x.dtype)
-    for oh in range(osize):
-        h0, h1 = oh * h // osize, -(-(oh + 1) * h // osize)
-        for ow in range(osize):
-            w0, w1 = ow * w // osize, -(-(ow + 1) * w // osize)
-            rows = [[(r, col) for col in range(w0, w1)] for r in range(h0, h1)]
-            if merged:
-                rows = [sum(rows, [])]
-            total = np.zeros((n, c))
-            for row in rows:
-                part = np.zeros((n, c), x.dtype)
-                for r, col in row:
-                    part = part + x[:, r, col]  # one rounding per addition, in x's precision
-                total = total + part
-            out[:, oh, ow] = total * (1.0 / ((h1 - h0) * (w1 - w0)))
-    return out
 
 
 @pytest.mark.parametrize("dtype", (np.float32, np.float64))
