@@ -1020,10 +1020,11 @@ def _avg_cl_blocks(x, dst, at, acc, part, n, d0, d1, h0, h1, w0, nw, c0, m, scal
     ``_CL_MERGED`` positions (global windows), or of channels of up to 256 bytes (two
     blocks of float32). The channels left over go to it, and so do other windows, whose
     rows it reads in order once (measured, float32, 2 threads: 7x7 global windows of 2048
-    channels 1.04-1.12x faster, 3x3 of 4096 1.02-1.05x, 224x224 -> 7 of 64 channels
-    1.06-1.08x, 100x100 -> 13 1.01-1.05x; in registers, windows of 8x8 positions of 256
-    and 512 channels ran 0.8-0.97x, 64x64 -> 2, 3, 6 of 512 channels 0.6-0.85x, one-row
-    windows of 41 positions of 256 channels 0.83-0.86x)."""
+    channels 1.04-1.12x faster from the cache, 0.97x from memory, caches emptied first; 3x3
+    of 4096 1.02-1.05x, 224x224 -> 7 of 64 channels 1.06-1.08x, 100x100 -> 13 1.01-1.05x;
+    in registers, windows of 8x8 positions of 256 and 512 channels ran 0.8-0.97x, 64x64 ->
+    2, 3, 6 of 512 channels 0.6-0.85x, one-row windows of 41 positions of 256 channels
+    0.83-0.86x)."""
     block = 128 // x.itemsize
     full = m // block * block
     if not run and m * x.itemsize > 256:
