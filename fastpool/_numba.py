@@ -372,6 +372,44 @@ def _lane_sum(typingctx, src, start, n):
     return sig, codegen
 
 
+class _Blocks:
+    """The LLVM IR pieces the block intrinsics share: the data pointers of a source and a
+    destination array of one float type, vectors of 32 bytes of it and as float64, a
+    vector pointer ``at(base, offset, v)`` to the ``v``-th vector from ``offset``, and the
+    float64 ``scale`` broadcast to a vector."""
+
+    def __init__(self, context, builder, signature, args, src, dst, scale):
+        self.builder = builder
+        self.data = context.make_array(signature.args[src])(context, builder, args[src]).data
+        self.out = context.make_array(signature.args[dst])(context, builder, args[dst]).data
+        elem = context.get_data_type(signature.args[src].dtype)
+        self.size = context.get_abi_sizeof(elem)
+        self.lanes = 32 // self.size
+        self.vec = ir.VectorType(elem, self.lanes)
+        self.wide = ir.VectorType(ir.DoubleType(), self.lanes)
+        one = builder.insert_element(ir.Constant(self.wide, None), args[scale], _I32(0))
+        self.scale = builder.shuffle_vector(
+            one, one, ir.Constant(ir.VectorType(_I32, self.lanes), [0] * self.lanes))
+
+    def at(self, base, offset, v):
+        ptr = self.builder.gep(base, [self.builder.add(offset, _I64(v * self.lanes))])
+        return self.builder.bitcast(ptr, self.vec.as_pointer())
+
+    def mean(self, total):
+        """``total`` (a vector of the arrays' type, or float64 when it is wider) times the
+        scale, rounded to the arrays' type."""
+        if self.size < 8:
+            if total.type != self.wide:
+                total = self.builder.fpext(total, self.wide)
+            return self.builder.fptrunc(self.builder.fmul(total, self.scale), self.vec)
+        return self.builder.fmul(total, self.scale)
+
+
+def _float_blocks(src, dst):
+    return (_c_vector(src) and _c_vector(dst) and src.dtype == dst.dtype
+            and isinstance(src.dtype, types.Float))
+
+
 @intrinsic
 def _window_means(typingctx, src, start, kd, sd, kh, sh, kw, sw, scale, dst, at):
     """``dst[at + j]`` = ``scale`` x the sum of ``src[start + d * sd + h * sh + w * sw + j]``
@@ -381,52 +419,69 @@ def _window_means(typingctx, src, start, kd, sd, kh, sh, kw, sw, scale, dst, at)
     float64 from +0.0, the total times the float64 ``scale``, rounded to the arrays' type.
     In registers: a channel loop over memory loads and stores the partial sums at every
     step. No bounds checks: the caller keeps every position in range."""
-    if not (_c_vector(src) and _c_vector(dst) and src.dtype == dst.dtype
-            and isinstance(src.dtype, types.Float)):
+    if not _float_blocks(src, dst):
         return None
     i64 = types.int64
     sig = types.void(src, i64, i64, i64, i64, i64, i64, i64, types.float64, dst, i64)
 
     def codegen(context, builder, signature, args):
-        a_src, a_start, a_kd, a_sd, a_kh, a_sh, a_kw, a_sw, a_scale, a_dst, a_at = args
-        data = context.make_array(signature.args[0])(context, builder, a_src).data
-        out = context.make_array(signature.args[9])(context, builder, a_dst).data
-        elem = context.get_data_type(signature.args[0].dtype)
-        size = context.get_abi_sizeof(elem)
-        lanes = 32 // size
-        vec = ir.VectorType(elem, lanes)
-        wide = ir.VectorType(ir.DoubleType(), lanes)
-
-        def at(base, offset, v):
-            ptr = builder.gep(base, [builder.add(offset, _I64(v * lanes))])
-            return builder.bitcast(ptr, vec.as_pointer())
-
-        rows = [cgutils.alloca_once_value(builder, ir.Constant(vec, None)) for _ in range(4)]
-        sums = [cgutils.alloca_once_value(builder, ir.Constant(wide, None)) for _ in range(4)]
+        _, a_start, a_kd, a_sd, a_kh, a_sh, a_kw, a_sw, _, _, a_at = args
+        k = _Blocks(context, builder, signature, args, 0, 9, 8)
+        rows = [cgutils.alloca_once_value(builder, ir.Constant(k.vec, None)) for _ in range(4)]
+        sums = [cgutils.alloca_once_value(builder, ir.Constant(k.wide, None)) for _ in range(4)]
         with cgutils.for_range(builder, a_kd) as dloop:
             plane = builder.add(a_start, builder.mul(dloop.index, a_sd))
             with cgutils.for_range(builder, a_kh) as hloop:
                 first = builder.add(plane, builder.mul(hloop.index, a_sh))
                 for row in rows:
-                    builder.store(ir.Constant(vec, None), row)
+                    builder.store(ir.Constant(k.vec, None), row)
                 with cgutils.for_range(builder, a_kw) as wloop:
                     pos = builder.add(first, builder.mul(wloop.index, a_sw))
                     for v, row in enumerate(rows):
-                        value = builder.load(at(data, pos, v), align=size)
+                        value = builder.load(k.at(k.data, pos, v), align=k.size)
                         builder.store(builder.fadd(builder.load(row), value), row)
-                for row, acc in zip(rows, sums):
+                for row, acc in zip(rows, sums, strict=True):
                     total = builder.load(row)
-                    if size < 8:
-                        total = builder.fpext(total, wide)
+                    if k.size < 8:
+                        total = builder.fpext(total, k.wide)
                     builder.store(builder.fadd(builder.load(acc), total), acc)
-        scale = builder.insert_element(ir.Constant(wide, None), a_scale, _I32(0))
-        scale = builder.shuffle_vector(scale, scale, ir.Constant(ir.VectorType(_I32, lanes),
-                                                                 [0] * lanes))
         for v, acc in enumerate(sums):
-            mean = builder.fmul(builder.load(acc), scale)
-            if size < 8:
-                mean = builder.fptrunc(mean, vec)
-            builder.store(mean, at(out, a_at, v), align=size)
+            builder.store(k.mean(builder.load(acc)), k.at(k.out, a_at, v), align=k.size)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def _run_sums(typingctx, src, start, count, stride, dst, at, first, last, scale):
+    """One pass of a run of window positions in x's precision, as :func:`_window_means`
+    sums a row: ``dst[at + j]`` (``first``: +0.0) plus ``src[start + k * stride + j]`` for
+    ``k < count``, in order, for the ``j`` of four vectors of 32 bytes, in registers; stored
+    as it is, or when ``last`` times the float64 ``scale`` and rounded to the arrays' type.
+    Passes over a few positions at a time read a few streams, each in order across the
+    blocks of channels. No bounds checks: the caller keeps every position in range."""
+    if not _float_blocks(src, dst):
+        return None
+    i64 = types.int64
+    sig = types.void(src, i64, i64, i64, dst, i64, types.boolean, types.boolean, types.float64)
+
+    def codegen(context, builder, signature, args):
+        _, a_start, a_count, a_stride, _, a_at, a_first, a_last, _ = args
+        k = _Blocks(context, builder, signature, args, 0, 4, 8)
+        sums = []
+        for v in range(4):
+            start = builder.select(a_first, ir.Constant(k.vec, None),
+                                   builder.load(k.at(k.out, a_at, v), align=k.size))
+            sums.append(cgutils.alloca_once_value(builder, start))
+        with cgutils.for_range(builder, a_count) as loop:
+            pos = builder.add(a_start, builder.mul(loop.index, a_stride))
+            for v, acc in enumerate(sums):
+                value = builder.load(k.at(k.data, pos, v), align=k.size)
+                builder.store(builder.fadd(builder.load(acc), value), acc)
+        for v, acc in enumerate(sums):
+            total = builder.load(acc)
+            value = builder.select(a_last, k.mean(total), total)
+            builder.store(value, k.at(k.out, a_at, v), align=k.size)
         return context.get_dummy_value()
 
     return sig, codegen
@@ -1007,32 +1062,40 @@ def _avg_cl_long_rows(x, dst, at, acc, part, n, d0, d1, h0, h1, w0, nw, c0, m, s
 
 
 #: Most positions of a window of whole rows that the channels-last average sums as one row
-#: (in the input's precision).
+#: (in the input's precision), and the positions per pass of :func:`_run_sums` over them
+#: (a stream each: passes of 8 to 25 ran alike, 49 at once 1.07x slower from memory).
 _CL_MERGED = 64
+_RUN_PASS = 16
 
 
 @njit(error_model="numpy")
 def _avg_cl_blocks(x, dst, at, acc, part, n, d0, d1, h0, h1, w0, nw, c0, m, scale, D, H, W, C,
                    run):
     """:func:`_avg_cl_window`, with the same bits, its channels in blocks of four vectors
-    summed in registers (:func:`_window_means`) where the blocks' scans of the window
-    read memory well: windows of whole rows merged into one ``run`` of at most
-    ``_CL_MERGED`` positions (global windows), or of channels of up to 256 bytes (two
-    blocks of float32). The channels left over go to it, and so do other windows, whose
-    rows it reads in order once (measured, float32, 2 threads: 7x7 global windows of 2048
-    channels 1.04-1.12x faster from the cache, 0.97x from memory, caches emptied first; 3x3
-    of 4096 1.02-1.05x, 224x224 -> 7 of 64 channels 1.06-1.08x, 100x100 -> 13 1.01-1.05x;
-    in registers, windows of 8x8 positions of 256 and 512 channels ran 0.8-0.97x, 64x64 ->
-    2, 3, 6 of 512 channels 0.6-0.85x, one-row windows of 41 positions of 256 channels
-    0.83-0.86x)."""
+    summed in registers where the blocks' scans of the window read memory well: windows of
+    whole rows merged into one ``run`` of at most ``_CL_MERGED`` positions (global windows;
+    :func:`_run_sums`, passes of ``_RUN_PASS`` positions), or windows of channels of up to
+    256 bytes (two blocks of float32; :func:`_window_means`). The channels left over go to
+    it, and so do other windows, whose rows it reads in order once (measured, float32, 2
+    threads: 7x7 global windows of 2048 channels 1.05-1.1x faster from the cache and from
+    memory, caches emptied first, where one pass of all 49 positions ran 1.03x and 0.97x;
+    224x224 -> 7 of 64 channels 1.06-1.08x, 100x100 -> 13 1.01-1.05x; in registers,
+    windows of 8x8 positions of 256 and 512 channels ran 0.8-0.97x, 64x64 -> 2, 3, 6 of 512
+    channels 0.6-0.85x, one-row windows of 41 positions of 256 channels 0.83-0.86x)."""
     block = 128 // x.itemsize
     full = m // block * block
     if not run and m * x.itemsize > 256:
         full = 0
     i = (((n * D + d0) * H + h0) * W + w0) * C + c0
-    for j0 in range(0, full, block):
-        _window_means(x, i + j0, d1 - d0, H * W * C, h1 - h0, W * C, nw, C, scale, dst,
-                      at + j0)
+    if run:  # passes of _RUN_PASS positions across the blocks
+        for p0 in range(0, nw, _RUN_PASS):
+            k = min(_RUN_PASS, nw - p0)
+            for j0 in range(0, full, block):
+                _run_sums(x, i + p0 * C + j0, k, C, dst, at + j0, p0 == 0, p0 + k == nw, scale)
+    else:
+        for j0 in range(0, full, block):
+            _window_means(x, i + j0, d1 - d0, H * W * C, h1 - h0, W * C, nw, C, scale, dst,
+                          at + j0)
     if full < m:
         _avg_cl_window(x, dst, at + full, acc, part, n, d0, d1, h0, h1, w0, nw, c0 + full,
                        m - full, scale, D, H, W, C)
