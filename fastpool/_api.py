@@ -79,12 +79,9 @@ def _backward(kind, dims, grad_output, indices, input_shape, backend, out, data_
     be, grad_output, shape, dtype = _resolve(backend, grad_output, "grad_output")
     plan = v.backward_plan(shape, dtype, input_shape, dims, channels_last)
     if kind == "max":
-        if type(indices) is not np.ndarray:  # (an ndarray needs neither step)
-            if not v.is_device_array(indices):
-                indices = v.as_host_array(indices, "indices")
-            v.check_indices_meta(indices, shape)
-        elif indices.dtype.kind not in "iu" or indices.shape != shape:
-            v.check_indices_meta(indices, shape)  # raises, saying which
+        if type(indices) is not np.ndarray and not v.is_device_array(indices):
+            indices = v.as_host_array(indices, "indices")  # (an ndarray is one already)
+        v.check_indices_meta(indices, shape)
     return be.backward(kind, grad_output, indices, plan, out)
 
 

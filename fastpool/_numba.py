@@ -3134,25 +3134,19 @@ def _max_backward_planes(go, ix, gi):
     """:func:`_backward`'s route for C-contiguous planes into a fresh ``grad_input`` (the
     common call, and a small one in microseconds: this route costs a third of the general
     one), taken by the same tests; None where they send the call elsewhere, or where an
-    index lies outside its cell's window (the general route then rewrites it all)."""
-    n, c, d, h, w = gi.shape
-    _, _, do, ho, wo = go.shape
-    planes, size, cells = n * c, d * h * w, do * ho * wo
-    if (
-        cells == 1
-        or go.size > _LONG_AXIS
-        or gi.size > _LONG_AXIS
-        or (c >= 2 and (size == 1 or cells == 1))  # (channels-last memory too)
-    ):
+    index lies outside the plane (the general route then decides what to do)."""
+    if (_is_channels_last(gi, 2) or _is_channels_last(go, 2)
+            or _long_backward("max", go, gi, False)):
         return None
-    gf, xf, gif = go.flags, ix.flags, gi.flags
-    if not (gf.c_contiguous and xf.c_contiguous and gif.c_contiguous
-            and gf.aligned and xf.aligned and gif.aligned):
+    _, _, d, h, w = gi.shape
+    _, _, do, ho, wo = go.shape
+    if do * ho * wo == 1:
+        return None
+    g2, i2, gi2 = _planar(go), _planar(ix), _planar(gi)
+    if g2 is None or i2 is None or gi2 is None:
         return None
     rows = max(1, min(_SLAB // w, d * h))
-    if not _whole_planes(planes, d * h, w, h, ho, rows):
+    if not _whole_planes(gi2.shape[0], d * h, w, h, ho, rows):
         return None
-    g2 = go.reshape(planes, cells)
-    hits = _max_bwd_plane(planes * (size + 2 * cells), g2, ix.reshape(planes, cells),
-                          gi.reshape(planes, size), cells)
+    hits = _max_bwd_plane(gi.size + 2 * go.size, g2, i2, gi2, do * ho * wo)
     return True if hits == g2.size else None
